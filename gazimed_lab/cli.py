@@ -1,0 +1,138 @@
+"""The ``gazimed-lab`` command: synth, qa, train, predict, pipeline, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from gazimed_lab.data.synthetic import make_synthetic_cohort
+
+    manifest = make_synthetic_cohort(
+        args.out_dir, n_subjects=args.n_subjects, seed=args.seed, grid=args.grid
+    )
+    print(f"wrote {args.n_subjects} subjects: {manifest}")
+    return 0
+
+
+def _cmd_qa(args: argparse.Namespace) -> int:
+    from gazimed_lab.data.qa import qa_main
+
+    return qa_main(args.manifest, grid=args.grid, out_dir=args.out_dir)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from gazimed_lab.config import load_config
+    from gazimed_lab.runner import train_and_evaluate
+
+    cfg = load_config(args.config, args.overrides)
+    result = train_and_evaluate(cfg, resume=args.resume)
+    print(f"run folder: {result.run_dir}")
+    for key, value in sorted(result.test_metrics.items()):
+        print(f"  {key:<20} {value:.4f}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from gazimed_lab.runner import predict_manifest
+
+    table = predict_manifest(args.ckpt, args.manifest, args.out)
+    print(f"scored {len(table)} subjects: {args.out}")
+    return 0
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from gazimed_lab.pipeline import run_pipeline
+
+    run_pipeline(
+        run_dir=args.run_dir,
+        preset=args.preset,
+        parameters=args.parameters,
+        manifest=args.manifest,
+        overwrite=args.overwrite,
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gazimed_lab.pipeline import run_demo
+
+    run_demo(run_dir=args.run_dir, n_subjects=args.n_subjects)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.run import main as bench_main  # type: ignore[import-not-found]
+
+    return int(bench_main(args.rest) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gazimed-lab",
+        description="Alzheimer's disease score from MNI-space MRI, FDG-PET and clinical data.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="generate a synthetic cohort on MNI152 anatomy")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--n-subjects", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grid", default="demo_4mm")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("qa", help="validate a manifest and write a QA table")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--grid", default="demo_4mm")
+    p.add_argument("--out-dir", type=Path, default=None)
+    p.set_defaults(func=_cmd_qa)
+
+    p = sub.add_parser("train", help="fit, test the best checkpoint, write predictions")
+    p.add_argument("--config", default="cpu-demo", help="preset name or YAML path")
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    p.add_argument("--resume", default=None, help="`last` or a checkpoint path")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="score a manifest with a checkpoint")
+    p.add_argument("--ckpt", required=True, type=Path)
+    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("pipeline", help="run the notebooks 01-04 with papermill")
+    p.add_argument("--preset", default="cpu-demo")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/pipeline"))
+    p.add_argument("--manifest", type=Path, default=None)
+    p.add_argument("-p", "--parameter", dest="parameters", action="append", default=[],
+                   help="notebook parameter key=value (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run folder")
+    p.set_defaults(func=_cmd_pipeline)
+
+    p = sub.add_parser("demo", help="generate the demo cohort if absent, then run the pipeline")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
+    p.add_argument("--n-subjects", type=int, default=300)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("bench", help="run the benchmark suite (see benchmarks/)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gazimed-lab`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        # Input problems: print the message (it names the file / row / key), no traceback.
+        print(f"gazimed-lab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""Typed configuration tree, named presets and ``a.b=c`` overrides.
+
+One source of truth for every default: the dataclasses below. Presets in
+``gazimed_lab/presets/*.yaml`` only hold the values that differ from them.
+Unknown keys are rejected with the nearest valid key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SystemConfig",
+    "TrainerConfig",
+    "available_presets",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value, key or file is not valid."""
+
+
+@dataclass
+class DataConfig:
+    """Where the cohort is and how volumes and clinical features are prepared."""
+
+    manifest: str = "data_samples/manifest.csv"
+    grid: str = "mni152_2mm"
+    grid_shape: list[int] | None = None
+    grid_affine: list[list[float]] | None = None
+    channels: int = 2
+    pet_reference: str = "whole_brain"
+    clinical_columns: list[str] | None = None
+    require_targets: bool = True
+    batch_size: int = 2
+    num_workers: int = 0
+    pin_memory: bool = False
+    cache_dir: str = ".cache/gazimed-lab"
+    cache_dtype: str = "float16"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    n_folds: int = 0
+    fold: int = 0
+    augment: bool = True
+    aug_prob: float = 0.5
+    aug_rotate_deg: float = 5.0
+    aug_scale: float = 0.05
+    aug_translate_vox: float = 2.0
+    aug_intensity: float = 0.1
+    aug_noise_std: float = 0.02
+
+
+@dataclass
+class ModelConfig:
+    """Network architecture (see ``gazimed_lab.models``)."""
+
+    mode: str = "multimodal"
+    in_channels: int = 2
+    img_size: list[int] | None = None
+    patch_size: list[int] = field(default_factory=lambda: [4, 4, 4])
+    embed_dim: int = 96
+    depths: list[int] = field(default_factory=lambda: [2, 2, 6, 2])
+    num_heads: list[int] = field(default_factory=lambda: [3, 6, 12, 24])
+    window_size: list[int] = field(default_factory=lambda: [7, 7, 7])
+    shared_encoder: bool = False
+    fusion_stages: list[int] = field(default_factory=lambda: [3, 4])
+    fusion_heads: int = 8
+    fusion_dim: int = 256
+    clinical_features_dim: int = 118
+    clinical_hidden: list[int] = field(default_factory=lambda: [256, 512, 256])
+    clinical_out_dim: int = 128
+    head_hidden: list[int] = field(default_factory=lambda: [256, 64])
+    dropout: float = 0.1
+    drop_path_rate: float = 0.1
+    modality_dropout: float = 0.1
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """Loss, optimizer and learning-rate schedule."""
+
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_epochs: int = 5
+    min_lr: float = 1e-6
+    loss: str = "mse"
+    loss_weights: dict[str, float] | None = None
+    huber_delta: float = 0.1
+    threshold: float = 0.5
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning trainer settings (``create_trainer``)."""
+
+    max_epochs: int = 100
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str | None = None
+    accumulate_grad_batches: int = 8
+    gradient_clip_val: float | None = 1.0
+    gradient_clip_algorithm: str = "norm"
+    monitor: str = "val/auroc"
+    monitor_mode: str = "max"
+    early_stopping: bool = True
+    early_stopping_patience: int = 10
+    early_stopping_min_delta: float = 1e-3
+    save_top_k: int = 3
+    log_every_n_steps: int = 10
+    limit_train_batches: float | None = None
+    limit_val_batches: float | None = None
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+    wandb: bool = False
+    nonfinite_policy: str = "stop"
+
+
+@dataclass
+class SystemConfig:
+    """Seeds, run folder and threads."""
+
+    seed: int = 42
+    run_dir: str = "runs/default"
+    num_threads: int | None = None
+
+
+@dataclass
+class Config:
+    """The whole configuration tree: data / model / optim / trainer / system."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+    preset: str = "default"
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped with the package."""
+    folder = resources.files("gazimed_lab") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _schema_fields(schema: Any) -> dict[str, Any]:
+    return {f.name: f for f in dataclasses.fields(schema)}
+
+
+def _nested_schema(schema: Any, key: str) -> Any | None:
+    default = getattr(schema(), key) if dataclasses.is_dataclass(schema) else None
+    return type(default) if dataclasses.is_dataclass(default) else None
+
+
+def _check_keys(values: dict[str, Any], schema: type, prefix: str, source: str) -> None:
+    """Reject keys that are not in ``schema``, naming the nearest valid one."""
+    valid = _schema_fields(schema)
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in valid:
+            candidates = [f"{prefix}{k}" for k in valid]
+            close = difflib.get_close_matches(path, candidates, n=1, cutoff=0.5)
+            hint = f"; did you mean `{close[0]}`?" if close else f"; valid keys: {sorted(valid)}"
+            raise ConfigError(f"config key `{path}` is not a valid key ({source}){hint}")
+        sub = _nested_schema(schema, key)
+        if sub is not None:
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"config section `{path}` must be a mapping, got {type(value).__name__} "
+                    f"({source})"
+                )
+            _check_keys(value, sub, f"{path}.", source)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file must be valid YAML, got a parse error ({path}): {exc}")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file must hold a mapping, got {type(data).__name__} ({path})")
+    return data
+
+
+def _preset_values(name: str) -> dict[str, Any]:
+    folder = resources.files("gazimed_lab") / "presets"
+    resource = folder / f"{name}.yaml"
+    if not resource.is_file():
+        close = difflib.get_close_matches(name, available_presets(), n=1)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        raise ConfigError(
+            f"config must be a preset name {available_presets()} or a YAML file path, "
+            f"got `{name}`{hint}"
+        )
+    with resources.as_file(resource) as path:
+        return _read_yaml(Path(path))
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override must look like `section.key=value`, got `{item}`")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override must look like `section.key=value`, got `{item}`")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    name_or_path: str | Path = "default", overrides: list[str] | None = None
+) -> DictConfig:
+    """Load a preset by name, or a YAML file, then apply ``a.b=c`` overrides.
+
+    Parameters
+    ----------
+    name_or_path
+        A preset name (see :func:`available_presets`) or the path to a YAML file
+        (for instance a run folder's ``config.yaml``). A YAML file may name a
+        ``preset`` to start from.
+    overrides
+        Strings of the form ``"section.key=value"``; values are parsed as YAML.
+
+    Returns
+    -------
+    DictConfig
+        A typed (structured) OmegaConf config: assigning a wrong type or an
+        unknown key raises.
+    """
+    overrides = list(overrides or [])
+    base = OmegaConf.structured(Config)
+    path = Path(str(name_or_path))
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file must exist, got a missing path ({path})")
+        values = _read_yaml(path)
+        source = str(path)
+        preset = values.get("preset", "default")
+        layers = [(_preset_values(preset), f"preset {preset}")] if preset != "default" else []
+        layers.append((values, source))
+    else:
+        preset = str(name_or_path)
+        layers = [(_preset_values(preset), f"preset {preset}")]
+    for item in overrides:
+        key, value = _parse_override(item)
+        layers.append((_nest(key, value), f"override `{item}`"))
+    for values, source in layers:
+        _check_keys(values, Config, "", source)
+        try:
+            base = OmegaConf.merge(base, OmegaConf.create(values))
+        except Exception as exc:  # omegaconf validation errors: wrong type
+            raise ConfigError(f"config value is not valid ({source}): {exc}") from exc
+    base.preset = preset if isinstance(preset, str) else "default"
+    _validate(base)
+    return base
+
+
+def _validate(cfg: DictConfig) -> None:
+    checks = [
+        (cfg.data.channels in (1, 2, 3), "data.channels", "1, 2 or 3", cfg.data.channels),
+        (cfg.model.mode in ("multimodal", "image_only", "clinical_only"), "model.mode",
+         "one of multimodal, image_only, clinical_only", cfg.model.mode),
+        (cfg.optim.loss in ("mse", "mae", "huber", "bce", "weighted"), "optim.loss",
+         "one of mse, mae, huber, bce, weighted", cfg.optim.loss),
+        (0.0 < cfg.optim.threshold < 1.0, "optim.threshold", "in (0, 1)", cfg.optim.threshold),
+        (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction", "in [0, 1)",
+         cfg.data.val_fraction),
+        (0.0 <= cfg.data.test_fraction < 1.0, "data.test_fraction", "in [0, 1)",
+         cfg.data.test_fraction),
+        (cfg.data.batch_size >= 1, "data.batch_size", ">= 1", cfg.data.batch_size),
+        (cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", ">= 1",
+         cfg.trainer.accumulate_grad_batches),
+        (cfg.trainer.gradient_clip_algorithm in ("norm", "value"),
+         "trainer.gradient_clip_algorithm", "norm or value", cfg.trainer.gradient_clip_algorithm),
+        (cfg.trainer.nonfinite_policy in ("stop", "skip"), "trainer.nonfinite_policy",
+         "stop or skip", cfg.trainer.nonfinite_policy),
+        (cfg.data.cache_dtype in ("float16", "float32"), "data.cache_dtype",
+         "float16 or float32", cfg.data.cache_dtype),
+    ]
+    for ok, key, expected, got in checks:
+        if not ok:
+            raise ConfigError(f"`{key}` must be {expected}, got {got!r}")
+
+
+def config_to_dict(cfg: DictConfig) -> dict[str, Any]:
+    """Plain nested dict of a config (resolved), e.g. for checkpoints."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML; :func:`load_config` reads it back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def config_from_dict(values: dict[str, Any]) -> DictConfig:
+    """Rebuild a typed config from :func:`config_to_dict` output (checked keys)."""
+    _check_keys(values, Config, "", "saved config")
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(values))
+    _validate(cfg)
+    return cfg

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gazimed_lab.config import (
+    ConfigError,
+    available_presets,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+
+
+def test_shipped_presets_are_the_three_named_ones():
+    assert set(available_presets()) >= {"default", "cpu-demo", "full"}
+
+
+@pytest.mark.parametrize("name", available_presets())
+def test_every_preset_loads_and_validates(name):
+    cfg = load_config(name)
+    assert cfg.preset == name
+    assert cfg.data.channels in (1, 2, 3)
+
+
+def test_default_preset_holds_reference_settings():
+    cfg = load_config("default")
+    assert cfg.data.grid == "mni152_2mm"
+    assert list(cfg.model.patch_size) == [4, 4, 4]
+    assert cfg.model.embed_dim == 96
+    assert list(cfg.model.depths) == [2, 2, 6, 2]
+    assert list(cfg.model.num_heads) == [3, 6, 12, 24]
+    assert cfg.optim.learning_rate == pytest.approx(1e-4)
+    assert cfg.trainer.accumulate_grad_batches == 8
+
+
+def test_cpu_demo_is_smaller_than_default():
+    demo, ref = load_config("cpu-demo"), load_config("default")
+    assert demo.model.embed_dim < ref.model.embed_dim
+    assert demo.data.grid != ref.data.grid
+
+
+def test_overrides_are_parsed_as_yaml():
+    cfg = load_config("cpu-demo", ["trainer.max_epochs=3", "model.depths=[1,1,2,1]",
+                                   "optim.learning_rate=0.01", "data.clinical_columns=[a,b]"])
+    assert cfg.trainer.max_epochs == 3
+    assert list(cfg.model.depths) == [1, 1, 2, 1]
+    assert cfg.optim.learning_rate == pytest.approx(0.01)
+    assert list(cfg.data.clinical_columns) == ["a", "b"]
+
+
+def test_unknown_key_names_nearest_valid_key():
+    with pytest.raises(ConfigError, match=r"`trainer.max_epoch` is not a valid key.*"
+                                          r"did you mean `trainer.max_epochs`"):
+        load_config("cpu-demo", ["trainer.max_epoch=3"])
+
+
+def test_unknown_section_names_nearest_section():
+    with pytest.raises(ConfigError, match=r"did you mean `optim`"):
+        load_config("default", ["optimizer.learning_rate=1"])
+
+
+def test_unknown_preset_names_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"preset name .*cpu-demo.* got `cpu_demo`"):
+        load_config("cpu_demo")
+
+
+def test_wrong_type_is_rejected_with_the_source():
+    with pytest.raises(ConfigError, match=r"override `trainer.max_epochs=abc`"):
+        load_config("default", ["trainer.max_epochs=abc"])
+
+
+def test_invalid_value_is_rejected():
+    with pytest.raises(ConfigError, match=r"`data.channels` must be 1, 2 or 3, got 4"):
+        load_config("default", ["data.channels=4"])
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match=r"override must look like"):
+        load_config("default", ["trainer.max_epochs"])
+
+
+def test_saved_config_round_trips(tmp_path: Path):
+    cfg = load_config("cpu-demo", ["trainer.max_epochs=7", "system.seed=3"])
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load_config(path)
+    assert config_to_dict(again) == config_to_dict(cfg)
+    assert config_to_dict(config_from_dict(config_to_dict(cfg))) == config_to_dict(cfg)
+
+
+def test_yaml_file_with_unknown_key_names_the_file(tmp_path: Path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("preset: cpu-demo\nmodel:\n  embed_dimm: 24\n")
+    with pytest.raises(ConfigError, match=r"model.embed_dimm.*mine.yaml.*model.embed_dim"):
+        load_config(path)
+
+
+def test_yaml_file_starts_from_its_preset(tmp_path: Path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("preset: cpu-demo\ntrainer:\n  max_epochs: 2\n")
+    cfg = load_config(path)
+    assert cfg.trainer.max_epochs == 2
+    assert cfg.model.embed_dim == load_config("cpu-demo").model.embed_dim
