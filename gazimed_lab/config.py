@@ -196,7 +196,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file must be valid YAML, got a parse error ({path}): {exc}")
+        raise ConfigError(
+            f"config file must be valid YAML, got a parse error ({path}): {exc}"
+        ) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

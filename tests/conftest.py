@@ -12,7 +12,7 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from gazimed_lab.data.grid import get_grid, template_on_grid  # noqa: E402
+from gazimed_lab.data.grid import get_grid, template_on_grid
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_SAMPLES = REPO / "data_samples"

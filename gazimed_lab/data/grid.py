@@ -52,11 +52,11 @@ class Grid:
         return tuple(shape[:3]) == self.shape and np.allclose(affine, self.affine, atol=atol)
 
     def empty_image(self, dtype: Any = np.float32) -> nib.Nifti1Image:
-        """A zero image on this grid (for resampling targets)."""
+        """Return a zero image on this grid (for resampling targets)."""
         return nib.Nifti1Image(np.zeros(self.shape, dtype=dtype), self.affine)
 
     def key(self) -> str:
-        """A string that identifies the grid exactly (for cache keys)."""
+        """Return a string that identifies the grid exactly (for cache keys)."""
         return f"{self.shape}|{np.round(self.affine, 6).tolist()}"
 
 
@@ -111,7 +111,7 @@ def get_grid(
 
 
 def grid_from_config(cfg: Any) -> Grid:
-    """The grid named by a config's ``data`` section."""
+    """Return the grid named by a config's ``data`` section."""
     data = cfg.data
     return get_grid(data.grid, data.get("grid_shape"), data.get("grid_affine"))
 

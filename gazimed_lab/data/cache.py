@@ -1,0 +1,270 @@
+"""On-disk cache of preprocessed volumes: one ``.npy`` (C, D, H, W) per subject.
+
+The cache key hashes everything the preprocessed array depends on: each input
+file's path, size, ``mtime_ns`` and content hash, the grid, the channels, the
+normalization settings, the storage dtype and :data:`CACHE_VERSION`, so that
+any change gives a new key. Arrays are stored compactly (float16 by default)
+and read back memory-mapped. Writes are atomic (temporary file +
+:func:`os.replace`); an unreadable or wrongly shaped entry is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gazimed_lab.data.grid import Grid
+from gazimed_lab.data.images import ImageError
+from gazimed_lab.data.manifest import ManifestError
+from gazimed_lab.data.transforms import MRI_NORMALIZATION, preprocess_subject
+
+__all__ = ["CACHE_VERSION", "VolumeCache", "cache_subjects", "file_fingerprint", "volume_key"]
+
+log = logging.getLogger(__name__)
+
+#: Bump when preprocessing code changes in a way that changes cached arrays.
+CACHE_VERSION = "gazimed-volumes-1"
+
+_CONTENT_MEMO: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def _content_hash(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: str | Path) -> dict[str, Any]:
+    """Path, size, ``mtime_ns`` and content hash of a file.
+
+    The content hash is remembered within a process per (path, inode, size,
+    mtime_ns, ctime_ns), so that repeated setups do not re-read unchanged files;
+    any write changes ``ctime_ns``, even when ``mtime`` is restored.
+    """
+    resolved = Path(path).resolve()
+    st = resolved.stat()
+    memo_key = (str(resolved), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    content = _CONTENT_MEMO.get(memo_key)
+    if content is None:
+        content = _content_hash(resolved)
+        _CONTENT_MEMO[memo_key] = content
+    return {
+        "path": str(resolved),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "blake2b": content,
+    }
+
+
+def volume_key(
+    mri: str | Path,
+    pet: str | Path | None,
+    grid_key: str,
+    channels: int,
+    settings: dict[str, Any],
+) -> str:
+    """Hex key of one subject's preprocessed array.
+
+    Parameters
+    ----------
+    mri, pet
+        Input files (``pet`` None or "" when missing or unused).
+    grid_key
+        :meth:`gazimed_lab.data.grid.Grid.key` of the target grid.
+    channels
+        Number of image channels stored.
+    settings
+        Normalization and storage settings (e.g. ``pet_reference``, dtype).
+    """
+    payload = {
+        "version": CACHE_VERSION,
+        "mri": file_fingerprint(mri),
+        "pet": file_fingerprint(pet) if pet else None,
+        "grid": grid_key,
+        "channels": int(channels),
+        "settings": settings,
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class VolumeCache:
+    """Preprocessed (C, D, H, W) arrays plus a modality mask, keyed by :func:`volume_key`.
+
+    Parameters
+    ----------
+    root
+        Cache folder (``data.cache_dir``); arrays go to ``root/volumes``.
+    dtype
+        Storage dtype, ``float16`` (default) or ``float32``.
+
+    Attributes
+    ----------
+    builds, hits
+        How many entries this object built and how many it read back.
+    """
+
+    def __init__(self, root: str | Path, dtype: str = "float16") -> None:
+        if dtype not in ("float16", "float32"):
+            raise ValueError(f"`data.cache_dtype` must be float16 or float32, got {dtype!r}")
+        self.root = Path(root) / "volumes"
+        self.dtype = np.dtype(dtype)
+        self.builds = 0
+        self.hits = 0
+
+    def array_path(self, key: str) -> Path:
+        """Path of the ``.npy`` array of ``key``."""
+        return self.root / f"{key}.npy"
+
+    def meta_path(self, key: str) -> Path:
+        """Path of the JSON sidecar (modality mask, shape) of ``key``."""
+        return self.root / f"{key}.json"
+
+    def load(self, key: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Memory-mapped array and modality mask, or None if absent or corrupt."""
+        array_path, meta_path = self.array_path(key), self.meta_path(key)
+        if not (array_path.is_file() and meta_path.is_file()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            mask = np.asarray(meta["modality_mask"], dtype=np.float32)
+            arr = np.load(array_path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+            log.warning("rebuilding unreadable cache entry %s: %s", array_path, exc)
+            return None
+        if tuple(arr.shape) != tuple(shape) or arr.dtype != self.dtype or mask.shape != (2,):
+            log.warning(
+                "rebuilding cache entry %s: shape %s dtype %s, expected %s %s",
+                array_path, arr.shape, arr.dtype, tuple(shape), self.dtype,
+            )
+            return None
+        return arr, mask
+
+    def save(self, key: str, arr: np.ndarray, mask: np.ndarray, info: dict[str, Any]) -> None:
+        """Store ``arr`` (cast to the cache dtype) and ``mask`` atomically."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = np.asarray(arr)
+        if self.dtype == np.float16:
+            limit = float(np.finfo(np.float16).max)
+            data = np.clip(data, -limit, limit)
+        data = np.ascontiguousarray(data, dtype=self.dtype)
+        _atomic_write(self.array_path(key), lambda fh: np.save(fh, data, allow_pickle=False))
+        meta = {"modality_mask": [float(v) for v in mask], "shape": list(data.shape),
+                "dtype": str(self.dtype), "version": CACHE_VERSION, **info}
+        text = json.dumps(meta, indent=1, default=str).encode()
+        _atomic_write(self.meta_path(key), lambda fh: fh.write(text))
+
+    def get_or_build(
+        self,
+        key: str,
+        shape: tuple[int, ...],
+        build: Callable[[], tuple[np.ndarray, np.ndarray]],
+        info: dict[str, Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Read ``key`` from the cache, building and storing it first when needed."""
+        found = self.load(key, shape)
+        if found is not None:
+            self.hits += 1
+            return found
+        arr, mask = build()
+        if tuple(arr.shape) != tuple(shape):
+            raise ValueError(
+                f"preprocessed array must have shape {tuple(shape)}, got {tuple(arr.shape)} "
+                f"({info or key})"
+            )
+        self.save(key, arr, mask, info or {})
+        self.builds += 1
+        found = self.load(key, shape)
+        if found is None:  # pragma: no cover - disk full or similar
+            raise OSError(f"cache entry must be readable after writing, got none ({key})")
+        return found
+
+
+def cache_subjects(
+    table: pd.DataFrame,
+    cache: VolumeCache,
+    grid: Grid,
+    channels: int,
+    pet_reference: str,
+    manifest: str | Path = "manifest",
+) -> tuple[list[str], np.ndarray]:
+    """Make sure every subject of ``table`` is cached; return array paths and modality masks.
+
+    Parameters
+    ----------
+    table
+        Cohort rows (``subject_id``, ``mri``, ``pet``; ``pet`` "" when missing).
+    cache
+        Where arrays are stored.
+    grid, channels, pet_reference
+        Preprocessing settings (see :func:`~gazimed_lab.data.transforms.preprocess_subject`).
+    manifest
+        Manifest path, for messages.
+
+    Returns
+    -------
+    paths : list of str
+        The ``.npy`` file of each subject, in table order.
+    modality_masks : ndarray, float32, (N, 2)
+
+    Raises
+    ------
+    ManifestError
+        Listing every subject whose images could not be loaded or normalized.
+    """
+    paths: list[str] = []
+    masks: list[np.ndarray] = []
+    problems: list[str] = []
+    shape = (int(channels), *grid.shape)
+    for i, row in enumerate(table.itertuples(index=False)):
+        mri, sid = str(row.mri), str(row.subject_id)
+        pet = str(row.pet) if channels >= 2 and isinstance(row.pet, str) and row.pet else None
+        settings = {
+            "pet_reference": pet_reference if pet else None,
+            "mri_normalization": MRI_NORMALIZATION,
+            "dtype": str(cache.dtype),
+        }
+        try:
+            key = volume_key(mri, pet, grid.key(), channels, settings)
+            _, mask = cache.get_or_build(
+                key,
+                shape,
+                lambda mri=mri, pet=pet: preprocess_subject(
+                    mri, pet, grid, channels, pet_reference
+                ),
+                info={"subject_id": sid, "mri": mri, "pet": pet or ""},
+            )
+        except (ImageError, OSError) as exc:
+            problems.append(f"subject `{sid}`: {exc}")
+            continue
+        paths.append(str(cache.array_path(key)))
+        masks.append(np.asarray(mask, dtype=np.float32))
+        if (i + 1) % 50 == 0:
+            log.info("%d / %d volumes ready (%d built)", i + 1, len(table), cache.builds)
+    if problems:
+        raise ManifestError(problems, manifest)
+    return paths, np.asarray(masks, dtype=np.float32).reshape(-1, 2)

@@ -1,0 +1,229 @@
+"""Subject-level train / val / test splits, stratified by diagnosis (and site).
+
+Splits are made over ``subject_id`` (one manifest row per subject), with
+scikit-learn splitters: the test set is held out first, then the rest is split
+into train and val, either once (``val_fraction``) or by stratified k-fold
+(``n_folds > 1``, the val set being fold ``fold``). Stratification uses
+diagnosis x site where every group is large enough, falls back to diagnosis,
+then to no stratification. A fixed ``split`` column in the manifest
+(``train`` / ``val`` / ``test``) is honoured as given.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+
+__all__ = [
+    "SPLIT_COLUMNS",
+    "SPLIT_NAMES",
+    "SplitError",
+    "check_disjoint",
+    "make_splits",
+    "write_splits",
+]
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "val", "test")
+#: Columns written to ``run_dir/splits/<name>.csv`` (those present in the table).
+SPLIT_COLUMNS = ("subject_id", "target", "diagnosis", "site", "age", "sex")
+
+
+class SplitError(ValueError):
+    """Splits are not valid (overlap, unknown split value, bad fold settings)."""
+
+
+def _labels(table: pd.DataFrame, column: str) -> pd.Series:
+    if column not in table.columns:
+        return pd.Series(["all"] * len(table), index=table.index)
+    return table[column].fillna("NA").astype(str).replace("", "NA")
+
+
+def _strata_candidates(table: pd.DataFrame) -> list[tuple[str, np.ndarray | None]]:
+    """Stratification labels to try, most specific first, ending with none."""
+    dx = _labels(table, "diagnosis")
+    site = _labels(table, "site")
+    return [
+        ("diagnosis x site", (dx + " x " + site).to_numpy()),
+        ("diagnosis", dx.to_numpy()),
+        ("none", None),
+    ]
+
+
+def _count(fraction: float, n: int) -> int:
+    """Whole subjects for a fraction: at least one when the fraction is positive."""
+    return 0 if fraction <= 0 else max(1, round(fraction * n))
+
+
+def _split_off(
+    table: pd.DataFrame, size: int, seed: int, what: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``size`` rows off ``table``, stratified as finely as the group sizes allow."""
+    if size <= 0:
+        return table, table.iloc[:0]
+    if size >= len(table):
+        raise SplitError(
+            f"`{what}` split must leave subjects for training, got {size} of {len(table)} "
+            "subjects; lower data.val_fraction / data.test_fraction"
+        )
+    for name, labels in _strata_candidates(table):
+        try:
+            rest, held = train_test_split(
+                table, test_size=size, random_state=seed, shuffle=True, stratify=labels
+            )
+        except ValueError:
+            continue  # a group too small for this stratification: try a coarser one
+        log.debug("%s split stratified by %s", what, name)
+        return rest, held
+    raise AssertionError("unreachable: unstratified split cannot fail")  # pragma: no cover
+
+
+def _kfold_split(
+    table: pd.DataFrame, n_folds: int, fold: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train / val for fold ``fold`` of a stratified k-fold over ``table``."""
+    if n_folds > len(table):
+        raise SplitError(
+            f"`data.n_folds` must be at most the number of non-test subjects, got {n_folds} "
+            f"for {len(table)} subjects"
+        )
+    for name, labels in _strata_candidates(table):
+        if labels is None:
+            splitter = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+            folds = list(splitter.split(table))
+        else:
+            if pd.Series(labels).value_counts().min() < n_folds:
+                continue
+            splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+            folds = list(splitter.split(table, labels))
+        log.debug("k-fold stratified by %s", name)
+        train_idx, val_idx = folds[fold]
+        return table.iloc[train_idx], table.iloc[val_idx]
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _fixed_splits(table: pd.DataFrame, manifest: str) -> dict[str, pd.DataFrame] | None:
+    """Read the splits of a manifest ``split`` column; None when it is absent or empty."""
+    if "split" not in table.columns:
+        return None
+    values = table["split"].fillna("").astype(str).str.strip().str.lower()
+    if (values == "").all():
+        return None
+    bad = ~values.isin(SPLIT_NAMES)
+    if bad.any():
+        pairs = list(zip(table.loc[bad, "subject_id"], table.loc[bad, "split"]))
+        shown = ", ".join(f"{sid} ({raw!r})" for sid, raw in pairs[:10])
+        raise SplitError(
+            f"`split` must be one of train/val/test for every subject when the column is "
+            f"used, got {len(pairs)} other value(s): {shown} ({manifest}); fill it in for "
+            "every row or remove the column"
+        )
+    log.info("using the fixed `split` column of %s", manifest)
+    return {name: table[values == name] for name in SPLIT_NAMES}
+
+
+def make_splits(
+    table: pd.DataFrame,
+    seed: int = 42,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    n_folds: int = 0,
+    fold: int = 0,
+    manifest: str = "manifest",
+) -> dict[str, pd.DataFrame]:
+    """Split a cohort table into train / val / test at subject level.
+
+    Parameters
+    ----------
+    table
+        One row per subject, with ``subject_id`` and ideally ``diagnosis``,
+        ``site`` and an optional ``split`` column (``train``/``val``/``test``;
+        when filled in it is used as is).
+    seed
+        Random seed; equal seeds give equal splits (independent of row order).
+    val_fraction, test_fraction
+        Fractions of all subjects for val and test (rounded to whole subjects).
+    n_folds, fold
+        With ``n_folds > 1`` the test set is held out first, then fold ``fold``
+        of a stratified k-fold over the remaining subjects is the val set.
+    manifest
+        Name used in error messages.
+
+    Returns
+    -------
+    dict of str to DataFrame
+        ``{"train", "val", "test"}`` tables (rows of ``table``, sorted by
+        subject id), with a ``split`` column set to the split name.
+
+    Raises
+    ------
+    SplitError
+        Unknown split values, bad fold settings, or a subject in two splits.
+    """
+    if n_folds == 1 or n_folds < 0:
+        raise SplitError(f"`data.n_folds` must be 0 (off) or >= 2, got {n_folds}")
+    if n_folds > 1 and not 0 <= fold < n_folds:
+        raise SplitError(f"`data.fold` must be in [0, {n_folds}), got {fold}")
+    ids = table["subject_id"].astype(str)
+    dup = ids[ids.duplicated()].unique().tolist()
+    if dup:
+        raise SplitError(f"`subject_id` must be unique, got repeated ids {dup[:10]} ({manifest})")
+    ordered = table.assign(_sid=ids).sort_values("_sid", kind="stable").drop(columns="_sid")
+    n = len(ordered)
+
+    fixed = _fixed_splits(ordered, manifest)
+    if fixed is not None:
+        test = fixed["test"]
+        if n_folds > 1:
+            rest = pd.concat([fixed["train"], fixed["val"]]).sort_values("subject_id")
+            train, val = _kfold_split(rest, n_folds, fold, seed)
+        else:
+            train, val = fixed["train"], fixed["val"]
+    else:
+        rest, test = _split_off(ordered, _count(test_fraction, n), seed, "test")
+        if n_folds > 1:
+            train, val = _kfold_split(rest, n_folds, fold, seed)
+        else:
+            train, val = _split_off(rest, _count(val_fraction, n), seed, "val")
+
+    splits = {
+        name: part.sort_values("subject_id", kind="stable").assign(split=name)
+        for name, part in zip(SPLIT_NAMES, (train, val, test))
+    }
+    check_disjoint(splits)
+    covered = sum(len(part) for part in splits.values())
+    if covered != n:
+        raise SplitError(f"splits must cover every subject, got {covered} of {n} ({manifest})")
+    return splits
+
+
+def check_disjoint(splits: dict[str, pd.DataFrame]) -> None:
+    """Raise :class:`SplitError` naming every subject that is in two splits."""
+    seen: dict[str, str] = {}
+    clashes: list[str] = []
+    for name, part in splits.items():
+        for sid in part["subject_id"].astype(str):
+            if sid in seen:
+                clashes.append(f"{sid} ({seen[sid]} and {name})")
+            else:
+                seen[sid] = name
+    if clashes:
+        raise SplitError(
+            f"each subject must be in exactly one split, got {len(clashes)} in two: "
+            + ", ".join(clashes[:20])
+        )
+
+
+def write_splits(splits: dict[str, pd.DataFrame], run_dir: str | Path) -> Path:
+    """Write ``run_dir/splits/{train,val,test}.csv`` and return that folder."""
+    folder = Path(run_dir) / "splits"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in splits.items():
+        columns = [c for c in SPLIT_COLUMNS if c in part.columns]
+        part[columns].to_csv(folder / f"{name}.csv", index=False)
+    return folder

@@ -1,0 +1,266 @@
+"""Per-subject preprocessing, training augmentation (MONAI) and the Dataset.
+
+:func:`preprocess_subject` turns one subject's MRI (and PET) files into the
+(C, D, H, W) float32 array that is cached: load, check MRI and PET share a
+space, conform to the grid, normalize, stack the channels.
+:class:`TrainAugment` applies small random affine, intensity and noise
+transforms to that array during training only. :class:`VolumeDataset` serves
+cached arrays with their clinical features as batch items.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    RandAffine,
+    RandGaussianNoise,
+    RandScaleIntensity,
+    RandShiftIntensity,
+)
+from torch.utils.data import Dataset, get_worker_info
+
+from gazimed_lab.data.grid import Grid
+from gazimed_lab.data.images import ImageError, check_same_space, conform_to_grid, load_volume
+from gazimed_lab.data.normalize import normalize_mri, normalize_pet, pet_minus_mri
+
+__all__ = [
+    "MRI_NORMALIZATION",
+    "TrainAugment",
+    "VolumeDataset",
+    "preprocess_subject",
+    "seed_worker",
+]
+
+#: Name of the MRI normalization, part of the cache key.
+MRI_NORMALIZATION = "zscore_brain_mask"
+
+
+def _named(func: Any, where: str, *args: Any) -> np.ndarray:
+    """Call a normalization function; add the file to its error message."""
+    try:
+        return np.asarray(func(*args), dtype=np.float32)
+    except ValueError as exc:
+        raise ImageError(f"{exc}; file: {where}") from exc
+
+
+def preprocess_subject(
+    mri: str,
+    pet: str | None,
+    grid: Grid,
+    channels: int,
+    pet_reference: str,
+    subject: str = "",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load, conform and normalize one subject's volumes.
+
+    Parameters
+    ----------
+    mri, pet
+        NIfTI paths; ``pet`` is None or "" when the subject has no PET.
+    grid
+        Target MNI grid.
+    channels
+        1: MRI; 2: MRI, PET; 3: MRI, PET, PET - MRI.
+    pet_reference
+        Reference region for the PET ratio (see ``normalize.PET_REFERENCES``).
+    subject
+        Subject id, added to messages.
+
+    Returns
+    -------
+    image : ndarray, float32, (C, D, H, W)
+        PET channels are zeros when PET is missing.
+    modality_mask : ndarray, float32, (2,)
+        ``[1, has_pet]`` (``has_pet`` is 0 with ``channels=1``: no PET is used).
+
+    Raises
+    ------
+    ImageError
+        From the loaders, naming the file (and both files when MRI and PET
+        are not in the same space).
+    """
+    use_pet = channels >= 2 and bool(pet)
+    tag = f", subject {subject}" if subject else ""
+    mri_img = load_volume(mri, what="mri", where=f"{mri}{tag}")
+    mri_arr, _ = conform_to_grid(mri_img, grid, what="mri", where=f"{mri}{tag}")
+    mri_n = _named(normalize_mri, f"{mri}{tag}", mri_arr, grid)
+    planes = [mri_n]
+    if channels >= 2:
+        if use_pet:
+            pet_img = load_volume(pet, what="pet", where=f"{pet}{tag}")
+            check_same_space(mri_img, pet_img, str(mri), str(pet))
+            pet_arr, _ = conform_to_grid(pet_img, grid, what="pet", where=f"{pet}{tag}")
+            pet_n = _named(normalize_pet, f"{pet}{tag}", pet_arr, grid, pet_reference)
+        else:
+            pet_n = np.zeros(grid.shape, dtype=np.float32)
+        planes.append(pet_n)
+        if channels == 3:
+            if use_pet:
+                planes.append(_named(pet_minus_mri, f"{pet}{tag}", mri_n, pet_n, grid))
+            else:
+                planes.append(np.zeros(grid.shape, dtype=np.float32))
+    image = np.stack(planes).astype(np.float32, copy=False)
+    mask = np.array([1.0, 1.0 if use_pet else 0.0], dtype=np.float32)
+    return image, mask
+
+
+class TrainAugment:
+    """Random small affine, intensity scale/shift and Gaussian noise (MONAI).
+
+    Each transform fires with probability ``prob``. The affine is applied to
+    all channels jointly; intensity changes are drawn per channel. PET
+    channels of a subject without PET are zero again afterwards.
+
+    Parameters
+    ----------
+    prob
+        Probability of each transform.
+    rotate_deg
+        Maximum rotation about each axis, degrees.
+    scale
+        Maximum relative zoom (factor drawn in ``1 +/- scale``).
+    translate_vox
+        Maximum shift along each axis, voxels.
+    intensity
+        Maximum relative intensity scale and absolute shift.
+    noise_std
+        Maximum standard deviation of the added Gaussian noise.
+    padding_mode
+        How the affine fills voxels moved in from outside the field of view
+        (``zeros``, the default, matches the normalized volumes, which are 0
+        outside the brain mask; or ``border``).
+    seed
+        Initial random state (see :meth:`set_random_state`).
+    spatial_size
+        The (D, H, W) of the inputs, when known: the affine's sampling grid is
+        then computed once and reused.
+    """
+
+    def __init__(
+        self,
+        prob: float = 0.5,
+        rotate_deg: float = 5.0,
+        scale: float = 0.05,
+        translate_vox: float = 2.0,
+        intensity: float = 0.1,
+        noise_std: float = 0.02,
+        padding_mode: str = "zeros",
+        seed: int = 0,
+        spatial_size: tuple[int, int, int] | None = None,
+    ) -> None:
+        rot = math.radians(rotate_deg)
+        self.transform = Compose(
+            [
+                RandAffine(
+                    prob=prob,
+                    rotate_range=(rot, rot, rot),
+                    scale_range=(scale, scale, scale),
+                    translate_range=(translate_vox, translate_vox, translate_vox),
+                    mode="bilinear",
+                    padding_mode=padding_mode,
+                    spatial_size=spatial_size,
+                    cache_grid=spatial_size is not None,
+                ),
+                RandScaleIntensity(factors=intensity, prob=prob, channel_wise=True),
+                RandShiftIntensity(offsets=intensity, prob=prob, channel_wise=True),
+                RandGaussianNoise(prob=prob, mean=0.0, std=noise_std),
+            ]
+        )
+        self.set_random_state(seed)
+
+    @classmethod
+    def from_config(
+        cls, data: Any, seed: int = 0, spatial_size: tuple[int, int, int] | None = None
+    ) -> TrainAugment:
+        """Build from a config's ``data`` section (``aug_*`` fields)."""
+        return cls(
+            prob=float(data.aug_prob),
+            rotate_deg=float(data.aug_rotate_deg),
+            scale=float(data.aug_scale),
+            translate_vox=float(data.aug_translate_vox),
+            intensity=float(data.aug_intensity),
+            noise_std=float(data.aug_noise_std),
+            seed=seed,
+            spatial_size=spatial_size,
+        )
+
+    def set_random_state(self, seed: int) -> None:
+        """Reseed every random transform (e.g. per DataLoader worker)."""
+        self.transform.set_random_state(seed=int(seed) % (2**32))
+
+    def __call__(self, image: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
+        """Augment one (C, D, H, W) float32 tensor."""
+        out = self.transform(image)
+        out = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
+        out = out.to(torch.float32).contiguous()
+        if out.shape[0] > 1 and float(modality_mask[1]) == 0.0:
+            out[1:] = 0.0
+        return out
+
+
+class VolumeDataset(Dataset):
+    """Subjects of one split: cached volumes, clinical features and targets.
+
+    Parameters
+    ----------
+    arrays
+        Path of each subject's cached ``.npy`` (C, D, H, W) array.
+    modality_masks
+        (N, 2) float32, ``[1, has_pet]``.
+    features, feature_mask
+        (N, F) float32 clinical features and their observed mask.
+    targets
+        (N,) float32, NaN where unknown.
+    subject_ids
+        N subject ids.
+    augment
+        Training augmentation, or None (val / test / predict).
+    """
+
+    def __init__(
+        self,
+        arrays: list[str],
+        modality_masks: np.ndarray,
+        features: np.ndarray,
+        feature_mask: np.ndarray,
+        targets: np.ndarray,
+        subject_ids: list[str],
+        augment: TrainAugment | None = None,
+    ) -> None:
+        self.arrays = list(arrays)
+        self.modality_masks = np.asarray(modality_masks, dtype=np.float32).reshape(-1, 2)
+        self.features = np.asarray(features, dtype=np.float32)
+        self.feature_mask = np.asarray(feature_mask, dtype=np.float32)
+        self.targets = np.asarray(targets, dtype=np.float32)
+        self.subject_ids = [str(s) for s in subject_ids]
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        array = np.load(self.arrays[index], mmap_mode="r")
+        image = torch.from_numpy(np.array(array, dtype=np.float32))
+        mask = torch.from_numpy(self.modality_masks[index].copy())
+        if self.augment is not None:
+            image = self.augment(image, mask)
+        return {
+            "images": image,
+            "modality_mask": mask,
+            "clinical_features": torch.from_numpy(self.features[index].copy()),
+            "clinical_mask": torch.from_numpy(self.feature_mask[index].copy()),
+            "targets": torch.tensor(self.targets[index], dtype=torch.float32),
+            "subject_id": self.subject_ids[index],
+        }
+
+
+def seed_worker(worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation random state."""
+    info = get_worker_info()
+    if info is not None and getattr(info.dataset, "augment", None) is not None:
+        info.dataset.augment.set_random_state(info.seed)

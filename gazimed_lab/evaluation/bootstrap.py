@@ -1,0 +1,292 @@
+"""Subject-level bootstrap: confidence intervals of metrics and of ROC / PR curves.
+
+Resampling draws subjects (all rows of a drawn subject come along), with
+replacement; ``stratified=True`` draws positives and negatives separately so
+every resample keeps the class counts. Resamples where a metric is undefined
+(e.g. a single class for AUROC) are skipped and counted in ``n_skipped``.
+Intervals are percentile intervals.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import sklearn
+from sklearn import metrics as skm
+
+from gazimed_lab.evaluation.metrics import METRICS, _both_classes
+from gazimed_lab.evaluation.predictions import PredictionsLike, binary_truth, read_predictions
+
+__all__ = ["BootstrapCI", "bootstrap_ci", "metrics_table", "pr_curve_ci", "roc_curve_ci"]
+
+
+class BootstrapCI(tuple):
+    """``(point, low, high)`` with ``n_boot``, ``n_skipped``, ``ci`` and ``metric`` attributes."""
+
+    point: float
+    low: float
+    high: float
+
+    def __new__(
+        cls, point: float, low: float, high: float, *, metric: str, ci: float,
+        n_boot: int, n_skipped: int,
+    ) -> BootstrapCI:
+        """Build from the three numbers and the run's bookkeeping."""
+        obj = super().__new__(cls, (float(point), float(low), float(high)))
+        obj.point, obj.low, obj.high = obj
+        obj.metric, obj.ci, obj.n_boot, obj.n_skipped = metric, ci, n_boot, n_skipped
+        return obj
+
+    def __repr__(self) -> str:
+        return (
+            f"BootstrapCI({self.metric}={self.point:.3f}, {self.ci:.0%} CI "
+            f"[{self.low:.3f}, {self.high:.3f}], n_boot={self.n_boot}, skipped={self.n_skipped})"
+        )
+
+
+def _resamples(
+    df: pd.DataFrame, n_boot: int, seed: int, stratified: bool
+) -> Iterator[np.ndarray]:
+    """Yield row-index arrays of subject-level bootstrap resamples."""
+    rng = np.random.default_rng(seed)
+    codes, _ = pd.factorize(df["subject_id"])
+    y = binary_truth(df)
+    n_subjects = int(codes.max()) + 1
+    unique = n_subjects == len(df)  # then codes == arange(n): subject i is row i
+    subject_rows: list[np.ndarray] = []
+    if unique:
+        subject_class = y
+    else:
+        order = np.argsort(codes, kind="stable")
+        splits = np.cumsum(np.bincount(codes))[:-1]
+        subject_rows = np.split(order, splits)
+        subject_class = np.array([y[rows].max() for rows in subject_rows])
+    strata = (
+        [np.flatnonzero(subject_class == c) for c in (0, 1)]
+        if stratified
+        else [np.arange(n_subjects)]
+    )
+    strata = [s for s in strata if s.size]
+    for _ in range(n_boot):
+        drawn = np.concatenate([rng.choice(s, size=s.size, replace=True) for s in strata])
+        if unique:
+            yield drawn
+        else:
+            yield np.concatenate([subject_rows[i] for i in drawn])
+
+
+def _interval(values: list[float], ci: float) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    alpha = (1.0 - ci) / 2.0
+    low, high = np.quantile(np.asarray(values), [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def _check_ci(ci: float, n_boot: int) -> None:
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"`ci` must be in (0, 1), got {ci}")
+    if n_boot < 1:
+        raise ValueError(f"`n_boot` must be >= 1, got {n_boot}")
+
+
+def _warn_skipped(what: str, n_skipped: int, n_boot: int) -> None:
+    if n_skipped > 0.1 * n_boot:
+        warnings.warn(
+            f"{n_skipped} of {n_boot} bootstrap resamples had an undefined {what} "
+            "(single class) and were skipped; use stratified=True or more subjects",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def bootstrap_ci(
+    df: PredictionsLike,
+    metric: str | Callable[[pd.DataFrame], float] = "auroc",
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    stratified: bool = True,
+    threshold: float = 0.5,
+) -> BootstrapCI:
+    """Point estimate and percentile bootstrap interval of a metric.
+
+    Parameters
+    ----------
+    df
+        Predictions table (DataFrame, CSV path or run folder).
+    metric
+        A name from ``gazimed_lab.evaluation.METRICS`` or a function
+        ``table -> float`` (NaN when undefined).
+    n_boot
+        Number of subject-level resamples.
+    ci
+        Interval coverage, e.g. 0.95.
+    seed
+        Seed of the resampling generator (same seed, same interval).
+    stratified
+        Resample positives and negatives separately (keeps both classes).
+    threshold
+        Decision threshold for threshold-based metrics.
+
+    Returns
+    -------
+    BootstrapCI
+        A ``(point, low, high)`` tuple; ``.n_skipped`` counts resamples where the
+        metric was undefined. All NaN when the metric is undefined on the full table.
+    """
+    _check_ci(ci, n_boot)
+    table = read_predictions(df)
+    if callable(metric):
+        name = getattr(metric, "__name__", "metric")
+
+        def compute(rows: np.ndarray | None) -> float:
+            sub = table if rows is None else table.iloc[rows].reset_index(drop=True)
+            return float(metric(sub))
+    else:
+        if metric not in METRICS:
+            raise ValueError(f"`metric` must be one of {sorted(METRICS)}, got `{metric}`")
+        name, fn = metric, METRICS[metric]
+        y, t, s = binary_truth(table), table["target"].to_numpy(float), table["score"].to_numpy(
+            float
+        )
+
+        def compute(rows: np.ndarray | None) -> float:
+            if rows is None:
+                return fn(y, t, s, threshold)
+            return fn(y[rows], t[rows], s[rows], threshold)
+
+    point = compute(None)
+    nan = float("nan")
+    if not np.isfinite(point):
+        return BootstrapCI(nan, nan, nan, metric=name, ci=ci, n_boot=n_boot, n_skipped=n_boot)
+    values = []
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        for rows in _resamples(table, n_boot, seed, stratified):
+            value = compute(rows)
+            if np.isfinite(value):
+                values.append(value)
+    n_skipped = n_boot - len(values)
+    _warn_skipped(name, n_skipped, n_boot)
+    low, high = _interval(values, ci)
+    return BootstrapCI(point, low, high, metric=name, ci=ci, n_boot=n_boot, n_skipped=n_skipped)
+
+
+def _interp_precision(recall: np.ndarray, precision: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Interpolated precision: the best precision at recall >= r, on a recall grid."""
+    order = np.argsort(recall, kind="stable")
+    rec, prec = recall[order], precision[order]
+    envelope = np.maximum.accumulate(prec[::-1])[::-1]
+    idx = np.clip(np.searchsorted(rec, grid, side="left"), 0, rec.size - 1)
+    return envelope[idx]
+
+
+def _roc_on_grid(y: np.ndarray, s: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    fpr, tpr, _ = skm.roc_curve(y, s)
+    out = np.interp(grid, fpr, tpr)
+    out[0] = 0.0
+    return out
+
+
+def _pr_on_grid(y: np.ndarray, s: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    precision, recall, _ = skm.precision_recall_curve(y, s)
+    return _interp_precision(recall, precision, grid)
+
+
+def _curve_ci(
+    df: PredictionsLike, kind: str, n_boot: int, ci: float, seed: int, stratified: bool,
+    n_points: int,
+) -> dict[str, object]:
+    _check_ci(ci, n_boot)
+    table = read_predictions(df)
+    y, s = binary_truth(table), table["score"].to_numpy(float)
+    if not _both_classes(y):
+        raise ValueError(
+            f"`target` must contain both classes to draw a {kind.upper()} curve, got "
+            f"{int(y.sum())} positive of {y.size} ({table.attrs.get('source', 'DataFrame')})"
+        )
+    grid = np.linspace(0.0, 1.0, n_points)
+    on_grid = _roc_on_grid if kind == "roc" else _pr_on_grid
+    summary = skm.roc_auc_score if kind == "roc" else skm.average_precision_score
+    curves, summaries = [], []
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        for rows in _resamples(table, n_boot, seed, stratified):
+            if _both_classes(y[rows]):
+                curves.append(on_grid(y[rows], s[rows], grid))
+                summaries.append(float(summary(y[rows], s[rows])))
+    n_skipped = n_boot - len(curves)
+    _warn_skipped(f"{kind.upper()} curve", n_skipped, n_boot)
+    alpha = (1.0 - ci) / 2.0
+    if curves:
+        stack = np.vstack(curves)
+        mean, low, high = stack.mean(0), *np.quantile(stack, [alpha, 1.0 - alpha], axis=0)
+    else:
+        mean = low = high = np.full_like(grid, np.nan)
+    point_low, point_high = _interval(summaries, ci)
+    out: dict[str, object] = {"n_boot": n_boot, "n_skipped": n_skipped, "ci": ci,
+                              "n": int(y.size), "n_pos": int(y.sum())}
+    if kind == "roc":
+        fpr, tpr, thresholds = skm.roc_curve(y, s)
+        out.update(fpr=grid, tpr=_roc_on_grid(y, s, grid), tpr_mean=mean, tpr_low=low,
+                   tpr_high=high, fpr_raw=fpr, tpr_raw=tpr, thresholds=thresholds,
+                   auroc=float(summary(y, s)), auroc_low=point_low, auroc_high=point_high)
+    else:
+        precision, recall, thresholds = skm.precision_recall_curve(y, s)
+        out.update(recall=grid, precision=_pr_on_grid(y, s, grid), precision_mean=mean,
+                   precision_low=low, precision_high=high, recall_raw=recall,
+                   precision_raw=precision, thresholds=thresholds,
+                   average_precision=float(summary(y, s)), average_precision_low=point_low,
+                   average_precision_high=point_high, prevalence=float(y.mean()))
+    return out
+
+
+def roc_curve_ci(
+    df: PredictionsLike, n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
+    stratified: bool = True, n_points: int = 101,
+) -> dict[str, object]:
+    """ROC curve with a bootstrap band of the TPR on a fixed FPR grid.
+
+    Returns
+    -------
+    dict
+        ``fpr`` (grid), ``tpr`` (full-data curve on the grid), ``tpr_mean``,
+        ``tpr_low``, ``tpr_high`` (band), ``fpr_raw``/``tpr_raw``/``thresholds``
+        (the exact curve), ``auroc``, ``auroc_low``, ``auroc_high``, ``n``, ``n_pos``,
+        ``n_boot``, ``n_skipped``, ``ci``.
+    """
+    return _curve_ci(df, "roc", n_boot, ci, seed, stratified, n_points)
+
+
+def pr_curve_ci(
+    df: PredictionsLike, n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
+    stratified: bool = True, n_points: int = 101,
+) -> dict[str, object]:
+    """Precision-recall curve with a bootstrap band of interpolated precision on a recall grid.
+
+    Returns
+    -------
+    dict
+        ``recall`` (grid), ``precision``, ``precision_mean``, ``precision_low``,
+        ``precision_high``, ``recall_raw``/``precision_raw``/``thresholds``,
+        ``average_precision`` (+ ``_low``/``_high``), ``prevalence``, ``n``, ``n_pos``,
+        ``n_boot``, ``n_skipped``, ``ci``.
+    """
+    return _curve_ci(df, "pr", n_boot, ci, seed, stratified, n_points)
+
+
+def metrics_table(
+    df: PredictionsLike,
+    metrics: tuple[str, ...] = ("auroc", "average_precision", "accuracy", "balanced_accuracy",
+                                "recall", "specificity", "f1", "mae", "r2", "brier"),
+    n_boot: int = 1000, ci: float = 0.95, seed: int = 0, threshold: float = 0.5,
+) -> pd.DataFrame:
+    """Tabulate metrics for display: ``metric``, ``value``, ``low``, ``high`` (bootstrap CI)."""
+    rows = []
+    for name in metrics:
+        res = bootstrap_ci(df, name, n_boot=n_boot, ci=ci, seed=seed, threshold=threshold)
+        rows.append({"metric": name, "value": res.point, "low": res.low, "high": res.high,
+                     "n_skipped": res.n_skipped})
+    return pd.DataFrame(rows)
