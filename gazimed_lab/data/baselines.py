@@ -1,0 +1,204 @@
+"""Simple baselines on a cohort: how much signal a linear model finds in each input.
+
+:func:`baseline_aucs` fits a logistic regression for ``target > 0.5`` on (a) the clinical
+columns, (b) regional image means, (c) both, and reports the cross-validated AUC. It is
+the yardstick for the synthetic cohort (the clinical signal must be learnable but not
+trivial, and the images must add to it) and a sanity check for any real manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from gazimed_lab.data.grid import GRIDS, Grid, get_grid, template_on_grid
+from gazimed_lab.data.synthetic_images import region_mask
+
+__all__ = [
+    "BASELINE_REGIONS",
+    "REFERENCE_BASELINES",
+    "RESERVED_COLUMNS",
+    "baseline_aucs",
+    "baselines_from_tables",
+    "clinical_columns",
+    "cv_aucs",
+    "regional_features",
+]
+
+#: Columns that are never clinical features (identifiers, paths, target, labels).
+RESERVED_COLUMNS = ("subject_id", "mri", "pet", "target", "diagnosis", "site", "sex", "split")
+#: MNI regions whose mean intensity makes the image baseline's features.
+BASELINE_REGIONS = ("hippocampus", "entorhinal", "amygdala", "lateral_ventricles",
+                    "posterior_cingulate", "temporoparietal", "lateral_temporal", "occipital")
+#: Baselines measured once on the 300-subject demo cohort (``demo_cohort()``, seed 1234,
+#: demo_4mm); ``tests/test_synthetic.py`` checks them (slow test).
+REFERENCE_BASELINES: dict[str, Any] = {
+    "cohort": "demo_cohort(n_subjects=300, seed=1234, grid='demo_4mm')",
+    "clinical": 0.811,
+    "image": 0.879,
+    "both": 0.893,
+}
+
+
+def clinical_columns(table: pd.DataFrame) -> list[str]:
+    """Every numeric column of a manifest table except the reserved ones (age included)."""
+    return [c for c in table.columns
+            if c not in RESERVED_COLUMNS and pd.api.types.is_numeric_dtype(table[c])]
+
+
+def regional_features(mri: nib.Nifti1Image | np.ndarray, pet: nib.Nifti1Image | np.ndarray | None,
+                      grid: Grid | str) -> dict[str, float]:
+    """Mean normalized MRI and PET intensity in each of :data:`BASELINE_REGIONS`.
+
+    MRI is z-scored inside the MNI brain mask; PET is divided by its whole-brain mean.
+
+    Parameters
+    ----------
+    mri, pet
+        Volumes on ``grid`` (images or arrays); ``pet`` may be ``None`` (features NaN).
+    grid
+        The grid the volumes lie on.
+
+    Returns
+    -------
+    dict
+        ``{"mri_<region>": value, ..., "pet_<region>": value, ...}``.
+    """
+    grid = get_grid(grid)
+    brain = template_on_grid("brain_mask", grid) > 0
+    out: dict[str, float] = {}
+    arr = np.asarray(mri.get_fdata() if isinstance(mri, nib.Nifti1Image) else mri, np.float64)
+    vals = arr[brain]
+    z = (arr - vals.mean()) / (vals.std() + 1e-8)
+    for name in BASELINE_REGIONS:
+        out[f"mri_{name}"] = float(z[region_mask(name, grid)].mean())
+    if pet is None:
+        out.update({f"pet_{name}": float("nan") for name in BASELINE_REGIONS})
+        return out
+    arr = np.asarray(pet.get_fdata() if isinstance(pet, nib.Nifti1Image) else pet, np.float64)
+    ratio = arr / (arr[brain].mean() + 1e-8)
+    for name in BASELINE_REGIONS:
+        out[f"pet_{name}"] = float(ratio[region_mask(name, grid)].mean())
+    return out
+
+
+def cv_aucs(feature_sets: dict[str, np.ndarray], y: Sequence[bool], seed: int = 0,
+            n_splits: int = 5, c: float = 0.1) -> dict[str, float]:
+    """Stratified k-fold AUC of a logistic regression on each feature set.
+
+    Imputation (median) and standardization are fitted on each training fold only; the
+    model is an L2 logistic regression with inverse regularization strength ``c``. The
+    out-of-fold scores of all folds are pooled into one AUC per feature set. All sets
+    use the same folds.
+
+    Parameters
+    ----------
+    feature_sets
+        Name -> (n_subjects, n_features) array (NaN = missing).
+    y
+        Binary labels.
+    seed
+        Seed of the fold split.
+    n_splits
+        Number of folds (reduced to the minority class size when smaller).
+    c
+        Inverse L2 regularization strength of the logistic regression.
+
+    Returns
+    -------
+    dict
+        Name -> AUC.
+    """
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y_arr = np.asarray(y, dtype=bool)
+    minority = int(min(y_arr.sum(), (~y_arr).sum()))
+    if minority < 2:
+        raise ValueError(
+            f"baselines need >= 2 subjects with target > 0.5 and >= 2 with target <= 0.5, "
+            f"got {int(y_arr.sum())} and {int((~y_arr).sum())}")
+    folds = list(StratifiedKFold(min(n_splits, minority), shuffle=True, random_state=seed)
+                 .split(np.zeros(len(y_arr)), y_arr))
+    out = {}
+    for name, x in feature_sets.items():
+        scores = np.zeros(len(y_arr))
+        for train, test in folds:
+            model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(),
+                                  LogisticRegression(C=c, tol=1e-10, max_iter=10000))
+            model.fit(x[train], y_arr[train])
+            scores[test] = model.predict_proba(x[test])[:, 1]
+        out[name] = float(roc_auc_score(y_arr, scores))
+    return out
+
+
+def _manifest_grid(img: nib.Nifti1Image) -> Grid:
+    for grid in GRIDS.values():
+        if grid.matches(img.shape, img.affine):
+            return grid
+    return get_grid("custom", list(img.shape[:3]), img.affine)
+
+
+def baseline_aucs(manifest: str | Path, seed: int = 0) -> dict[str, Any]:
+    """Cross-validated AUC (target > 0.5) of logistic regression on three feature sets.
+
+    Parameters
+    ----------
+    manifest
+        A manifest CSV (columns ``subject_id``, ``mri``, ``pet``, ``target`` and numeric
+        clinical columns); image paths are relative to the manifest's folder.
+    seed
+        Seed of the stratified 5-fold split.
+
+    Returns
+    -------
+    dict
+        ``clinical``, ``image`` and ``both`` (AUCs), plus ``n_subjects``,
+        ``n_positive``, ``n_clinical``, ``n_image`` and ``cv`` (a description).
+
+    Raises
+    ------
+    ValueError
+        If a class has fewer than 2 subjects or an image is not on the first image's grid.
+    """
+    manifest = Path(manifest)
+    table = pd.read_csv(manifest, keep_default_na=True)
+    root = manifest.parent
+    grid: Grid | None = None
+    rows = []
+    for row, (mri_rel, pet_rel) in enumerate(zip(table["mri"], table["pet"].fillna(""))):
+        for column, rel in (("mri", mri_rel), ("pet", pet_rel)):
+            if rel and not (root / rel).is_file():
+                raise FileNotFoundError(f"`{column}` must name an existing file, got "
+                                        f"{root / rel} (row {row + 2} of {manifest})")
+        mri = nib.load(root / mri_rel)
+        grid = grid or _manifest_grid(mri)
+        pet = nib.load(root / pet_rel) if pet_rel else None
+        for img, rel in ((mri, mri_rel), (pet, pet_rel)):
+            if img is not None and not grid.matches(img.shape, img.affine):
+                raise ValueError(f"image must lie on the grid {grid.shape}, got shape "
+                                 f"{img.shape} ({root / rel})")
+        rows.append(regional_features(mri, pet, grid))
+    return baselines_from_tables(table, pd.DataFrame(rows), seed)
+
+
+def baselines_from_tables(table: pd.DataFrame, image: pd.DataFrame, seed: int = 0
+                          ) -> dict[str, Any]:
+    """:func:`baseline_aucs` from a manifest table and its :func:`regional_features` rows."""
+    clin = table[clinical_columns(table)].to_numpy(np.float64)
+    img = image.to_numpy(np.float64)
+    y = table["target"].to_numpy(np.float64) > 0.5
+    aucs = cv_aucs({"clinical": clin, "image": img, "both": np.hstack([clin, img])}, y, seed)
+    return {**aucs, "n_subjects": len(y), "n_positive": int(y.sum()),
+            "n_clinical": clin.shape[1], "n_image": img.shape[1],
+            "cv": f"L2 logistic regression (C=0.1), stratified 5-fold, pooled out-of-fold "
+                  f"scores, seed {seed}"}
