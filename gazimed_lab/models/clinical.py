@@ -1,0 +1,81 @@
+"""Clinical encoder: an MLP over the features and their missingness mask."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["ClinicalEncoder", "mlp"]
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float = 0.0) -> nn.Sequential:
+    """``Linear -> LayerNorm -> GELU -> Dropout`` per hidden width, then ``Linear -> GELU``."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), nn.LayerNorm(int(h)), nn.GELU(), nn.Dropout(dropout)]
+        width = int(h)
+    layers += [nn.Linear(width, out_dim), nn.GELU()]
+    return nn.Sequential(*layers)
+
+
+class ClinicalEncoder(nn.Module):
+    """Encode ``F`` clinical features plus their 0/1 observed mask into ``out_dim``.
+
+    The input of the MLP is ``[features * mask, mask]`` (``2 F`` numbers), so a
+    missing value is seen as missing, not as a measured zero.
+
+    Parameters
+    ----------
+    features_dim
+        Number of clinical features ``F`` (118 in the reference design).
+    hidden
+        Hidden widths (reference: ``[256, 512, 256]``).
+    out_dim
+        Output width (reference: 128).
+    dropout
+        Dropout after each hidden layer.
+    """
+
+    def __init__(
+        self,
+        features_dim: int = 118,
+        hidden: Sequence[int] = (256, 512, 256),
+        out_dim: int = 128,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if int(features_dim) < 1:
+            raise ValueError(f"`clinical_features_dim` must be >= 1, got {features_dim}")
+        if int(out_dim) < 1 or any(int(h) < 1 for h in hidden):
+            raise ValueError(
+                f"`clinical_hidden` and `clinical_out_dim` must be positive, got {list(hidden)} "
+                f"and {out_dim}"
+            )
+        self.features_dim = int(features_dim)
+        self.out_dim = int(out_dim)
+        self.mlp = mlp(2 * self.features_dim, hidden, self.out_dim, dropout)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, F)`` features and ``(B, F)`` mask (1 = observed) -> ``(B, out_dim)``.
+
+        Without a mask, non-finite values count as missing.
+        """
+        if features.ndim != 2 or features.shape[1] != self.features_dim:
+            raise ValueError(
+                f"`clinical_features` must have shape (B, {self.features_dim}), got "
+                f"{tuple(features.shape)}; set `model.clinical_features_dim` to the number of "
+                "clinical columns the data provides"
+            )
+        if mask is None:
+            mask = torch.isfinite(features)
+        mask = mask.to(features.dtype)
+        if mask.shape != features.shape:
+            raise ValueError(
+                f"`clinical_mask` must have the shape of `clinical_features` "
+                f"{tuple(features.shape)}, got {tuple(mask.shape)}"
+            )
+        observed = torch.where(mask > 0, features, torch.zeros_like(features))
+        return self.mlp(torch.cat([observed, mask], dim=1))

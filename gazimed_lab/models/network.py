@@ -1,0 +1,272 @@
+"""The multimodal network: Swin encoders, cross-modal fusion, clinical MLP, sigmoid head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from gazimed_lab.models.clinical import ClinicalEncoder, mlp
+from gazimed_lab.models.encoders import N_STAGES, SwinImageEncoder, check_triple
+from gazimed_lab.models.fusion import CrossModalFusion
+
+__all__ = ["MODES", "MultimodalAlzheimersNet"]
+
+MODES = ("multimodal", "image_only", "clinical_only")
+
+
+def _count(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+class MultimodalAlzheimersNet(nn.Module):
+    """Alzheimer's disease score in [0, 1] from MRI [+ PET] volumes and clinical features.
+
+    The arguments are the fields of :class:`gazimed_lab.config.ModelConfig`.
+    Channel 0 of ``images`` is the MRI and goes to the MRI encoder; channels
+    ``1..`` (PET, and PET-MRI when ``in_channels == 3``) go to the PET encoder.
+    Each modality is encoded once per forward pass. MRI tokens attend to PET
+    tokens at ``fusion_stages`` (indices into the encoder's five outputs); a
+    subject whose ``modality_mask[:, 1]`` is 0 has its PET masked out (it sees a
+    learned "absent" token), and its PET tensor content is never read.
+
+    Parameters
+    ----------
+    mode
+        ``multimodal`` (images + clinical), ``image_only`` or ``clinical_only``.
+    in_channels
+        1 (MRI), 2 (MRI, PET) or 3 (MRI, PET, PET-MRI).
+    img_size
+        Input grid ``(D, H, W)``; padded internally to what the encoder needs.
+    shared_encoder
+        One set of Swin weights for both modalities (with 3 channels a learned
+        1x1x1 convolution maps PET + PET-MRI to one channel first).
+    modality_dropout
+        Training only: probability of hiding the PET of a subject who has one.
+    activation_checkpointing
+        MONAI ``use_checkpoint`` in the Swin blocks.
+    **kwargs
+        Every other :class:`~gazimed_lab.config.ModelConfig` field.
+    """
+
+    def __init__(
+        self,
+        mode: str = "multimodal",
+        in_channels: int = 2,
+        img_size: Sequence[int] | None = None,
+        patch_size: Sequence[int] = (4, 4, 4),
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: Sequence[int] = (7, 7, 7),
+        shared_encoder: bool = False,
+        fusion_stages: Sequence[int] = (3, 4),
+        fusion_heads: int = 8,
+        fusion_dim: int = 256,
+        clinical_features_dim: int = 118,
+        clinical_hidden: Sequence[int] = (256, 512, 256),
+        clinical_out_dim: int = 128,
+        head_hidden: Sequence[int] = (256, 64),
+        dropout: float = 0.1,
+        drop_path_rate: float = 0.1,
+        modality_dropout: float = 0.1,
+        activation_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {', '.join(MODES)}, got {mode!r}")
+        if int(in_channels) not in (1, 2, 3):
+            raise ValueError(f"`in_channels` must be 1, 2 or 3, got {in_channels}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {dropout}")
+        if not 0.0 <= float(modality_dropout) <= 1.0:
+            raise ValueError(f"`modality_dropout` must be in [0, 1], got {modality_dropout}")
+        self.mode = mode
+        self.in_channels = int(in_channels)
+        self.modality_dropout = float(modality_dropout)
+        self.uses_images = mode != "clinical_only"
+        self.uses_clinical = mode != "image_only"
+        self.with_pet = self.uses_images and self.in_channels > 1
+        self.mri_encoder: SwinImageEncoder | None = None
+        self.pet_encoder: SwinImageEncoder | None = None
+        self.pet_adapter: nn.Module | None = None
+        self.fusion: CrossModalFusion | None = None
+        self.clinical_encoder: ClinicalEncoder | None = None
+        self.img_size: tuple[int, int, int] | None = None
+        width = 0
+        if self.uses_images:
+            if img_size is None:
+                raise ValueError(
+                    "`img_size` must be 3 positive integers for mode "
+                    f"{mode!r}, got None (set `model.img_size` or the data grid)"
+                )
+            self.img_size = check_triple("img_size", img_size)
+            stages = [int(s) for s in fusion_stages]
+            if not stages or len(set(stages)) != len(stages) or any(
+                s < 0 or s > N_STAGES for s in stages
+            ):
+                raise ValueError(
+                    f"`fusion_stages` must be distinct indices in 0..{N_STAGES} (the encoder's "
+                    f"{N_STAGES + 1} outputs), got {list(fusion_stages)}"
+                )
+            self.fusion_stages = stages
+            encoder_args: dict[str, Any] = dict(
+                img_size=self.img_size, patch_size=patch_size, embed_dim=embed_dim,
+                depths=depths, num_heads=num_heads, window_size=window_size,
+                drop_path_rate=drop_path_rate, use_checkpoint=activation_checkpointing,
+            )
+            self.mri_encoder = SwinImageEncoder(1, **encoder_args)
+            if self.with_pet:
+                if shared_encoder:
+                    if self.in_channels == 3:
+                        self.pet_adapter = nn.Conv3d(2, 1, kernel_size=1)
+                else:
+                    self.pet_encoder = SwinImageEncoder(self.in_channels - 1, **encoder_args)
+            enc = self.mri_encoder
+            self.fusion = CrossModalFusion(
+                [enc.stage_channels[s] for s in stages],
+                [enc.stage_grids[s] for s in stages],
+                fusion_dim=int(fusion_dim), heads=int(fusion_heads),
+                with_pet=self.with_pet, dropout=float(dropout),
+            )
+            width += int(fusion_dim)
+        self.shared_encoder = bool(shared_encoder) and self.with_pet
+        if self.uses_clinical:
+            self.clinical_features_dim = int(clinical_features_dim)
+            self.clinical_encoder = ClinicalEncoder(
+                clinical_features_dim, clinical_hidden, clinical_out_dim, float(dropout)
+            )
+            width += int(clinical_out_dim)
+        self.head = nn.Sequential(
+            mlp(width, list(head_hidden)[:-1], int(head_hidden[-1]), float(dropout))
+            if len(head_hidden) else nn.Identity(),
+            nn.Linear(int(head_hidden[-1]) if len(head_hidden) else width, 1),
+        )
+
+    # ------------------------------------------------------------------ forward
+    def _check_images(self, images: torch.Tensor | None) -> torch.Tensor:
+        expected = (self.in_channels, *self.img_size)  # type: ignore[misc]
+        if images is None or images.ndim != 5 or tuple(images.shape[1:]) != expected:
+            got = None if images is None else tuple(images.shape)
+            raise ValueError(
+                f"`images` must have shape (B, {', '.join(map(str, expected))}), got {got}; "
+                "check `model.in_channels`/`data.channels` and `model.img_size` against the grid"
+            )
+        return images
+
+    def pet_present(self, modality_mask: torch.Tensor | None, batch: int,
+                    device: torch.device) -> torch.Tensor:
+        """PET presence ``(B,)`` bool after modality dropout (training only)."""
+        if modality_mask is None:
+            present = torch.ones(batch, dtype=torch.bool, device=device)
+        else:
+            present = modality_mask[:, 1] > 0.5
+        if self.training and self.modality_dropout > 0:
+            drop = torch.rand(batch, device=device) < self.modality_dropout
+            present = present & ~drop
+        return present
+
+    def encode_images(
+        self, images: torch.Tensor, modality_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Image branch: ``(B, C, *img_size)`` -> ``(B, fusion_dim)``."""
+        images = self._check_images(images)
+        mri_features = self.mri_encoder(images[:, :1])  # type: ignore[misc]
+        selected = [mri_features[s] for s in self.fusion_stages]
+        if not self.with_pet:
+            return self.fusion(selected)  # type: ignore[misc]
+        present = self.pet_present(modality_mask, images.shape[0], images.device)
+        pet = images[:, 1:]
+        # A missing PET is masked out below; its tensor content is never read.
+        pet = torch.where(present.view(-1, 1, 1, 1, 1), pet, torch.zeros_like(pet))
+        if self.shared_encoder:
+            if self.pet_adapter is not None:
+                pet = self.pet_adapter(pet)
+            pet_features = self.mri_encoder(pet)  # type: ignore[misc]
+        else:
+            pet_features = self.pet_encoder(pet)  # type: ignore[misc]
+        return self.fusion(  # type: ignore[misc]
+            selected, [pet_features[s] for s in self.fusion_stages], present
+        )
+
+    def logits(
+        self,
+        images: torch.Tensor | None = None,
+        modality_mask: torch.Tensor | None = None,
+        clinical_features: torch.Tensor | None = None,
+        clinical_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Pre-sigmoid scores ``(B,)`` (what the BCE loss uses)."""
+        parts = []
+        if self.uses_images:
+            parts.append(self.encode_images(images, modality_mask))  # type: ignore[arg-type]
+        if self.uses_clinical:
+            if clinical_features is None:
+                raise ValueError(
+                    f"`clinical_features` must be given for mode {self.mode!r}, got None"
+                )
+            parts.append(self.clinical_encoder(clinical_features, clinical_mask))  # type: ignore[misc]
+        return self.head(torch.cat(parts, dim=1)).squeeze(1)
+
+    def forward(
+        self,
+        images: torch.Tensor | None = None,
+        modality_mask: torch.Tensor | None = None,
+        clinical_features: torch.Tensor | None = None,
+        clinical_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scores ``(B,)`` in [0, 1].
+
+        Parameters
+        ----------
+        images
+            ``(B, in_channels, *img_size)``: MRI, PET [, PET-MRI].
+        modality_mask
+            ``(B, 2)``, 1 = modality present (column 1 is PET). Default: all present.
+        clinical_features, clinical_mask
+            ``(B, F)`` each; mask 1 = observed. Default mask: finite values.
+        """
+        return torch.sigmoid(
+            self.logits(images, modality_mask, clinical_features, clinical_mask).float()
+        )
+
+    # -------------------------------------------------------------------- info
+    @property
+    def padded_size(self) -> tuple[int, int, int] | None:
+        """Grid fed to the Swin encoder (``None`` without images)."""
+        return None if self.mri_encoder is None else self.mri_encoder.padded_size
+
+    @property
+    def padding(self) -> tuple[tuple[int, int], ...] | None:
+        """Voxels added (before, after) per axis (``None`` without images)."""
+        return None if self.mri_encoder is None else self.mri_encoder.padding
+
+    def get_model_info(self) -> dict[str, Any]:
+        """Parameters per component and the input grid / padding (JSON-able)."""
+        enc = self.mri_encoder
+        info: dict[str, Any] = {
+            "mode": self.mode,
+            "in_channels": self.in_channels,
+            "shared_encoder": self.shared_encoder,
+            "parameters": {
+                "mri_encoder": _count(enc),
+                "pet_encoder": _count(self.pet_encoder) + _count(self.pet_adapter),
+                "fusion": _count(self.fusion),
+                "clinical_encoder": _count(self.clinical_encoder),
+                "head": _count(self.head),
+                "total": _count(self),
+                "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
+            },
+        }
+        if enc is not None:
+            info.update(
+                img_size=list(enc.img_size),
+                padded_size=list(enc.padded_size),
+                padding=[list(p) for p in enc.padding],
+                fusion_stages=list(self.fusion_stages),
+                stage_grids=[list(g) for g in enc.stage_grids],
+                stage_channels=list(enc.stage_channels),
+            )
+        return info
