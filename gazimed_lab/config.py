@@ -81,6 +81,8 @@ class ModelConfig:
     shared_encoder: bool = False
     fusion_stages: list[int] = field(default_factory=lambda: [3, 4])
     fusion_heads: int = 8
+    fusion_pooling: str = "attention"
+    fusion_pool_queries: int = 4
     fusion_dim: int = 256
     clinical_features_dim: int = 118
     clinical_hidden: list[int] = field(default_factory=lambda: [256, 512, 256])

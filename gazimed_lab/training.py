@@ -198,6 +198,14 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     return loggers
 
 
+def _multi_process(t: Any) -> bool:
+    devices = t.devices
+    many = isinstance(devices, int) and devices > 1
+    many = many or (isinstance(devices, str) and devices.isdigit() and int(devices) > 1)
+    many = many or (not isinstance(devices, (int, str)) and len(list(devices)) > 1)
+    return bool(many or int(t.num_nodes) > 1 or "ddp" in str(t.strategy))
+
+
 def create_trainer(cfg: Any, run_dir: str | Path | None = None, **overrides: Any) -> pl.Trainer:
     """Build a ``pl.Trainer`` configured from ``cfg.trainer`` with the run folder prepared.
 
@@ -260,6 +268,9 @@ def create_trainer(cfg: Any, run_dir: str | Path | None = None, **overrides: Any
         gradient_clip_algorithm=t.gradient_clip_algorithm if t.gradient_clip_val else None,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
+        # The network standardizes features across subjects (BatchNorm): with several
+        # processes, the statistics must cover the global batch.
+        sync_batchnorm=_multi_process(t),
         enable_progress_bar=t.enable_progress_bar,
         logger=_loggers(cfg, run_dir),
         callbacks=callbacks,

@@ -1,0 +1,1 @@
+"""Data: MNI grids, manifests, image checks, normalization, QA, splits, caching, the datamodule."""

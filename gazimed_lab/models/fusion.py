@@ -8,6 +8,21 @@ tokens are the queries; the keys/values are the PET tokens plus one learned
 MRI tokens attend to the absent token only: a missing PET is never read as an
 image of zeros. The absent token is a key for every subject, so all parameters
 take part in every step (no unused parameters under DDP).
+
+Every brain in MNI space shares one anatomy, so at each token the encoder's
+features differ between subjects by a few percent of their size; the common
+anatomy dominates. Before fusion, each stage's features are standardized per
+token and channel across subjects (batch statistics in training, running ones
+in evaluation: a learned normative reference, like a W-score map of features).
+Without this the image branch learned nothing on the demo cohort (train Pearson r
+about 0 after 20 epochs); with it, r 0.88 on train and 0.38 held out after 200 steps.
+
+Pooling the fused tokens of a stage to one vector must keep *where* a token is:
+Alzheimer's effects are regional (medial temporal lobe, posterior cingulate), and a
+plain mean over tokens dilutes a hippocampus-sized signal several hundred times.
+``pooling="attention"`` (default) uses learned queries that attend over the
+position-coded tokens; ``"flatten"`` concatenates the tokens (a position-specific
+linear map, fine for small deep grids); ``"mean"`` is the plain average.
 """
 
 from __future__ import annotations
@@ -19,7 +34,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CrossAttentionBlock", "CrossModalFusion", "sincos_position_code"]
+__all__ = [
+    "POOLINGS",
+    "CrossAttentionBlock",
+    "CrossModalFusion",
+    "SubjectStandardize",
+    "sincos_position_code",
+]
+
+POOLINGS = ("attention", "flatten", "mean")
+
+
+class SubjectStandardize(nn.BatchNorm1d):
+    """Standardize each feature across subjects (BatchNorm) on any ``(B, ...)`` tensor.
+
+    The trailing dimensions are flattened into ``num_features`` features. A
+    training batch of one has no between-subject statistics: it is normalized
+    with the running statistics (not updated), as in evaluation.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardize ``x`` (running statistics in eval, or when the batch has one subject)."""
+        flat = x.reshape(x.shape[0], -1)
+        if self.training and flat.shape[0] == 1:
+            out = F.batch_norm(flat, self.running_mean, self.running_var, self.weight,
+                               self.bias, False, 0.0, self.eps)
+        else:
+            out = super().forward(flat)
+        return out.view_as(x)
 
 
 def sincos_position_code(grid: Sequence[int], dim: int) -> torch.Tensor:
@@ -103,6 +145,10 @@ class CrossModalFusion(nn.Module):
         When ``False`` (MRI only) the MRI tokens are projected and pooled, no attention.
     dropout
         Dropout rate.
+    pooling
+        How a stage's tokens become one vector: ``attention``, ``flatten`` or ``mean``.
+    pool_queries
+        Learned queries per stage for attention pooling.
     """
 
     def __init__(
@@ -113,8 +159,14 @@ class CrossModalFusion(nn.Module):
         heads: int = 8,
         with_pet: bool = True,
         dropout: float = 0.0,
+        pooling: str = "attention",
+        pool_queries: int = 4,
     ) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"`fusion_pooling` must be one of {POOLINGS}, got {pooling!r}")
+        if pool_queries < 1:
+            raise ValueError(f"`fusion_pool_queries` must be >= 1, got {pool_queries}")
         if fusion_dim < 1 or heads < 1 or fusion_dim % heads:
             raise ValueError(
                 f"`fusion_dim` must be divisible by `fusion_heads`, got fusion_dim={fusion_dim}, "
@@ -124,10 +176,28 @@ class CrossModalFusion(nn.Module):
         self.fusion_dim = fusion_dim
         self.mri_proj = nn.ModuleList(nn.Linear(c, fusion_dim) for c in stage_channels)
         self.pool_norm = nn.ModuleList(nn.LayerNorm(fusion_dim) for _ in stage_channels)
+        self.pooling = pooling
+        self.heads = heads
+        n_tokens = [int(torch.tensor([int(g) for g in grid]).prod()) for grid in stage_grids]
+        self.mri_std = nn.ModuleList(
+            SubjectStandardize(c * n, affine=False) for c, n in zip(stage_channels, n_tokens)
+        )
+        if pooling == "attention":
+            self.pool_queries = nn.Parameter(torch.zeros(len(stage_channels), pool_queries,
+                                                         fusion_dim))
+            nn.init.trunc_normal_(self.pool_queries, std=0.02)
+            self.pool_proj = nn.ModuleList(
+                nn.Linear(pool_queries * fusion_dim, fusion_dim) for _ in stage_channels
+            )
+        elif pooling == "flatten":
+            self.pool_proj = nn.ModuleList(nn.Linear(n * fusion_dim, fusion_dim) for n in n_tokens)
         for i, grid in enumerate(stage_grids):
             code = sincos_position_code(tuple(int(g) for g in grid), fusion_dim)
             self.register_buffer(f"pos_{i}", code, persistent=False)
         if with_pet:
+            self.pet_std = nn.ModuleList(
+                SubjectStandardize(c * n, affine=False) for c, n in zip(stage_channels, n_tokens)
+            )
             self.pet_proj = nn.ModuleList(nn.Linear(c, fusion_dim) for c in stage_channels)
             self.blocks = nn.ModuleList(
                 CrossAttentionBlock(fusion_dim, heads, dropout) for _ in stage_channels
@@ -142,6 +212,21 @@ class CrossModalFusion(nn.Module):
     def _tokens(feature: torch.Tensor) -> torch.Tensor:
         return feature.flatten(2).transpose(1, 2)  # (B, C, D, H, W) -> (B, N, C)
 
+    def _pool(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, dim)`` tokens of stage ``i`` -> ``(B, dim)``."""
+        x = self.pool_norm[i](x)
+        if self.pooling == "mean":
+            return x.mean(dim=1)
+        b, n, d = x.shape
+        if self.pooling == "flatten":
+            return self.pool_proj[i](x.reshape(b, n * d))
+        h = self.heads
+        q = self.pool_queries[i].to(x.dtype).expand(b, -1, -1)
+        q = q.reshape(b, -1, h, d // h).transpose(1, 2)
+        kv = x.reshape(b, n, h, d // h).transpose(1, 2)
+        pooled = F.scaled_dot_product_attention(q, kv, kv)  # (B, h, Q, d/h)
+        return self.pool_proj[i](pooled.transpose(1, 2).reshape(b, -1))
+
     def forward(
         self,
         mri_features: Sequence[torch.Tensor],
@@ -152,16 +237,17 @@ class CrossModalFusion(nn.Module):
         pooled = []
         for i, mri in enumerate(mri_features):
             pos = getattr(self, f"pos_{i}").to(mri.dtype)
-            x = self.mri_proj[i](self._tokens(mri)) + pos
+            x = self.mri_proj[i](self._tokens(self.mri_std[i](mri))) + pos
             if self.with_pet:
                 if pet_features is None or pet_present is None:
                     raise ValueError("`pet_features` and `pet_present` must be given when with_pet")
                 b = x.shape[0]
-                ctx = self.pet_proj[i](self._tokens(pet_features[i])) + pos
+                pet = self.pet_std[i](pet_features[i])
+                ctx = self.pet_proj[i](self._tokens(pet)) + pos
                 absent = self.absent_token[i].to(ctx.dtype).expand(b, 1, -1)
                 ctx = torch.cat([absent, ctx], dim=1)
                 present = pet_present.bool().view(b, 1).expand(b, ctx.shape[1] - 1)
                 keep = torch.cat([present.new_ones(b, 1), present], dim=1)
                 x = self.blocks[i](x, ctx, keep)
-            pooled.append(self.pool_norm[i](x).mean(dim=1))
+            pooled.append(self._pool(i, x))
         return self.out(torch.cat(pooled, dim=1))

@@ -10,7 +10,7 @@ from torch import nn
 
 from gazimed_lab.models.clinical import ClinicalEncoder, mlp
 from gazimed_lab.models.encoders import N_STAGES, SwinImageEncoder, check_triple
-from gazimed_lab.models.fusion import CrossModalFusion
+from gazimed_lab.models.fusion import CrossModalFusion, SubjectStandardize
 
 __all__ = ["MODES", "MultimodalAlzheimersNet"]
 
@@ -47,6 +47,9 @@ class MultimodalAlzheimersNet(nn.Module):
         Training only: probability of hiding the PET of a subject who has one.
     activation_checkpointing
         MONAI ``use_checkpoint`` in the Swin blocks.
+    fusion_pooling
+        ``attention`` (learned queries over position-coded tokens), ``flatten`` or
+        ``mean``: how each fused stage's tokens become one vector (see fusion.py).
     **kwargs
         Every other :class:`~gazimed_lab.config.ModelConfig` field.
     """
@@ -63,6 +66,8 @@ class MultimodalAlzheimersNet(nn.Module):
         window_size: Sequence[int] = (7, 7, 7),
         shared_encoder: bool = False,
         fusion_stages: Sequence[int] = (3, 4),
+        fusion_pooling: str = "attention",
+        fusion_pool_queries: int = 4,
         fusion_heads: int = 8,
         fusion_dim: int = 256,
         clinical_features_dim: int = 118,
@@ -130,7 +135,12 @@ class MultimodalAlzheimersNet(nn.Module):
                 [enc.stage_grids[s] for s in stages],
                 fusion_dim=int(fusion_dim), heads=int(fusion_heads),
                 with_pet=self.with_pet, dropout=float(dropout),
+                pooling=str(fusion_pooling), pool_queries=int(fusion_pool_queries),
             )
+            # Subjects differ from one another by a few percent of the feature scale
+            # (same MNI anatomy, regional effects): standardize the image vector across
+            # subjects, as the fusion does for each token (see fusion.py).
+            self.image_norm = SubjectStandardize(int(fusion_dim))
             width += int(fusion_dim)
         self.shared_encoder = bool(shared_encoder) and self.with_pet
         if self.uses_clinical:
@@ -176,7 +186,7 @@ class MultimodalAlzheimersNet(nn.Module):
         mri_features = self.mri_encoder(images[:, :1])  # type: ignore[misc]
         selected = [mri_features[s] for s in self.fusion_stages]
         if not self.with_pet:
-            return self.fusion(selected)  # type: ignore[misc]
+            return self.image_norm(self.fusion(selected))  # type: ignore[misc]
         present = self.pet_present(modality_mask, images.shape[0], images.device)
         pet = images[:, 1:]
         # A missing PET is masked out below; its tensor content is never read.
@@ -187,9 +197,10 @@ class MultimodalAlzheimersNet(nn.Module):
             pet_features = self.mri_encoder(pet)  # type: ignore[misc]
         else:
             pet_features = self.pet_encoder(pet)  # type: ignore[misc]
-        return self.fusion(  # type: ignore[misc]
+        fused = self.fusion(  # type: ignore[misc]
             selected, [pet_features[s] for s in self.fusion_stages], present
         )
+        return self.image_norm(fused)
 
     def logits(
         self,

@@ -262,7 +262,8 @@ def plot_mosaic(
                 ax.set_ylabel(label, fontsize="medium")
         fig.colorbar(shown, cax=grid[r, -1], label=cbar_label)
     fig.suptitle(title or f"{AXIS_NAMES[dim]} slices (MNI mm; left of image = subject left)")
-    fig.tight_layout()
+    # Leave room above the column titles for the figure title (0.5 inch).
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     return save_figure(fig, output_file)
 
 

@@ -1,0 +1,235 @@
+"""One-call workflows over the public API: train-and-evaluate, and predict a manifest.
+
+``train_and_evaluate`` is what ``gazimed-lab train`` and the ``02_train`` notebook
+run: fit, test the best checkpoint, write per-split predictions and
+``metrics.json`` into the run folder (see DESIGN.md). ``predict_manifest`` scores
+new subjects with nothing but a checkpoint and a manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from gazimed_lab.config import load_config
+from gazimed_lab.data.datamodule import MNIDataModule
+from gazimed_lab.evaluation import binary_metrics, write_metrics_json, youden_threshold
+from gazimed_lab.models.lightning import AlzheimersLightningModule, flatten_predictions
+from gazimed_lab.training import create_trainer
+
+__all__ = [
+    "META_COLUMNS",
+    "RunResult",
+    "fit_config_to_data",
+    "load_checkpoint",
+    "predict_manifest",
+    "train_and_evaluate",
+]
+
+META_COLUMNS = ("diagnosis", "site", "age", "sex")
+
+
+@dataclass
+class RunResult:
+    """What a finished training run produced (all files are inside ``run_dir``)."""
+
+    run_dir: Path
+    best_checkpoint: Path
+    val_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    fit_seconds: float
+    epochs: int
+    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def fit_config_to_data(cfg: DictConfig, dm: MNIDataModule) -> DictConfig:
+    """Fill the model's input sizes from the data: channels, grid shape, feature count."""
+    cfg = cfg.copy()
+    cfg.model.in_channels = int(cfg.data.channels)
+    cfg.model.img_size = [int(s) for s in dm.img_size]
+    cfg.model.clinical_features_dim = len(dm.feature_names)
+    return cfg
+
+
+def _resume_path(resume: str | Path | None, run_dir: Path) -> str | None:
+    if resume is None:
+        return None
+    if str(resume) == "last":
+        path = run_dir / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"`--resume last` must find a last checkpoint, got none at {path}; "
+                "start without --resume"
+            )
+        return str(path)
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"`resume` must be a checkpoint file, got a missing path ({path})")
+    return str(path)
+
+
+def _predictions_table(
+    records: list[dict[str, Any]], subjects: pd.DataFrame, split: str
+) -> pd.DataFrame:
+    table = pd.DataFrame.from_records(records)
+    meta = subjects[["subject_id", *[c for c in META_COLUMNS if c in subjects.columns]]]
+    table = table.merge(meta, on="subject_id", how="left", validate="one_to_one")
+    table.insert(4, "split", split)
+    if len(table) != len(subjects):
+        raise RuntimeError(
+            f"predictions must cover every {split} subject, got {len(table)} of {len(subjects)}"
+        )
+    return table
+
+
+def load_checkpoint(path: str | Path) -> AlzheimersLightningModule:
+    """Load a trained model on CPU in eval mode (the config comes from the checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"`ckpt` must be a checkpoint file, got a missing path ({path})")
+    model = AlzheimersLightningModule.load_from_checkpoint(str(path), map_location="cpu")
+    return model.eval()
+
+
+def train_and_evaluate(
+    cfg: DictConfig | str,
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
+) -> RunResult:
+    """Fit, test the best checkpoint and write the run folder.
+
+    Parameters
+    ----------
+    cfg
+        Config (or preset name). ``system.run_dir`` names the run folder unless
+        ``run_dir`` is given.
+    run_dir
+        Where everything goes (config, splits, checkpoints, logs, predictions,
+        ``metrics.json``).
+    resume
+        ``"last"`` or a checkpoint path to continue an interrupted run.
+    overwrite
+        Allow writing into a run folder that already holds a finished run.
+
+    Returns
+    -------
+    RunResult
+        Best checkpoint path, validation and held-out test metrics (computed on
+        the predictions of the best checkpoint), fit time.
+    """
+    cfg = load_config(cfg) if isinstance(cfg, str) else cfg.copy()
+    run_dir = Path(run_dir if run_dir is not None else cfg.system.run_dir)
+    cfg.system.run_dir = str(run_dir)
+    if (run_dir / "metrics.json").exists() and resume is None and not overwrite:
+        raise FileExistsError(
+            f"`run_dir` must not hold a finished run, got {run_dir / 'metrics.json'}; pass "
+            "overwrite=True (CLI: a new system.run_dir) or resume='last'"
+        )
+    if cfg.system.num_threads:
+        torch.set_num_threads(int(cfg.system.num_threads))
+    pl.seed_everything(int(cfg.system.seed), workers=True, verbose=False)
+
+    dm = MNIDataModule(cfg, run_dir=run_dir)
+    cfg = fit_config_to_data(cfg, dm)
+    model = AlzheimersLightningModule(cfg)
+    trainer = create_trainer(cfg, run_dir=run_dir)
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm, ckpt_path=_resume_path(resume, run_dir))
+    fit_seconds = time.perf_counter() - start
+
+    best = Path(trainer.checkpoint_callback.best_model_path or "")  # type: ignore[union-attr]
+    if not best.is_file():
+        raise RuntimeError(
+            f"training must leave a best checkpoint, got none in {run_dir / 'checkpoints'}; "
+            f"was `{cfg.trainer.monitor}` logged?"
+        )
+    trainer.test(model, datamodule=dm, ckpt_path=str(best), verbose=False)
+
+    best_model = load_checkpoint(best)
+    predictions: dict[str, pd.DataFrame] = {}
+    for split in ("val", "test"):
+        subjects = dm.splits[split]
+        if len(subjects) == 0:
+            continue
+        outputs = trainer.predict(best_model, dataloaders=dm.split_dataloader(split))
+        table = _predictions_table(flatten_predictions(outputs), subjects, split)
+        if trainer.is_global_zero:
+            out = run_dir / "predictions" / f"{split}.csv"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(out, index=False)
+        predictions[split] = table
+
+    threshold = float(cfg.optim.threshold)
+    val_metrics = binary_metrics(predictions["val"], threshold) if "val" in predictions else {}
+    test_metrics = binary_metrics(predictions["test"], threshold) if "test" in predictions else {}
+    summary: dict[str, Any] = {
+        "val": val_metrics,
+        "test": test_metrics,
+        "threshold": threshold,
+        "best_checkpoint": str(best.relative_to(run_dir)) if best.is_relative_to(run_dir)
+        else str(best),
+        "epochs": int(trainer.current_epoch),
+        "fit_seconds": round(fit_seconds, 1),
+        "n_subjects": {name: len(table) for name, table in dm.splits.items()},
+        "preset": cfg.preset,
+    }
+    if "val" in predictions:
+        try:
+            summary["youden_threshold_val"] = youden_threshold(predictions["val"])
+        except ValueError:
+            summary["youden_threshold_val"] = None
+    if trainer.is_global_zero:
+        write_metrics_json(run_dir, summary, merge=False)
+    return RunResult(
+        run_dir=run_dir,
+        best_checkpoint=best,
+        val_metrics=val_metrics,
+        test_metrics=test_metrics,
+        fit_seconds=fit_seconds,
+        epochs=int(trainer.current_epoch),
+        predictions=predictions,
+    )
+
+
+def predict_manifest(
+    ckpt: str | Path, manifest: str | Path, out: str | Path | None = None
+) -> pd.DataFrame:
+    """Score every subject of a manifest with a checkpoint; optionally write a CSV.
+
+    The checkpoint carries the config and the preprocessing fitted at training
+    (grid, normalization, clinical imputation and scaling), so nothing else is
+    needed. Targets in the manifest are optional and copied through.
+    """
+    model = load_checkpoint(ckpt)
+    if not model.preprocessing:
+        raise ValueError(
+            f"checkpoint must hold preprocessing statistics, got none ({ckpt}); was it saved "
+            "by a fit with MNIDataModule?"
+        )
+    cfg = model.cfg.copy()
+    cfg.trainer.accelerator = "cpu"
+    cfg.trainer.devices = 1
+    dm = MNIDataModule(
+        cfg, run_dir=Path(out).parent if out else None, predict_manifest=manifest,
+        preprocessing=model.preprocessing,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    outputs = trainer.predict(model, dataloaders=dm.predict_dataloader())
+    table = _predictions_table(flatten_predictions(outputs), dm.splits["predict"], "predict")
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
+    return table

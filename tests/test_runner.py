@@ -1,0 +1,126 @@
+"""End to end on the embedded cohort: fit, test the best checkpoint, predict, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import DATA_SAMPLES
+
+from gazimed_lab.cli import main
+from gazimed_lab.config import load_config
+from gazimed_lab.runner import load_checkpoint, predict_manifest, train_and_evaluate
+
+TINY = [
+    "trainer.max_epochs=2",
+    "model.embed_dim=12",
+    "model.fusion_dim=32",
+    "model.clinical_hidden=[32]",
+    "model.clinical_out_dim=16",
+    "model.head_hidden=[16]",
+    "data.augment=false",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def _cfg(tmp_path: Path, *extra: str):
+    return load_config("cpu-demo", [
+        f"data.manifest={DATA_SAMPLES / 'manifest.csv'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"system.run_dir={tmp_path / 'run'}",
+        *TINY, *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runner")
+    return train_and_evaluate(_cfg(tmp)), tmp
+
+
+@pytest.mark.slow
+def test_fit_test_predict_writes_the_run_folder(trained):
+    result, _ = trained
+    run = result.run_dir
+    for rel in ("config.yaml", "environment.txt", "splits/train.csv", "splits/val.csv",
+                "splits/test.csv", "predictions/val.csv", "predictions/test.csv",
+                "metrics.json", "checkpoints/last.ckpt"):
+        assert (run / rel).is_file(), rel
+    assert result.best_checkpoint.is_file()
+    assert result.best_checkpoint.parent == run / "checkpoints"
+    assert list((run / "logs").rglob("metrics.csv")), "CSV logs must be written"
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["test"]["n"] == len(pd.read_csv(run / "splits" / "test.csv"))
+    assert 0.0 <= summary["test"]["mae"] <= 1.0
+    test = pd.read_csv(run / "predictions" / "test.csv")
+    assert test["score"].between(0, 1).all()
+    assert set(test["subject_id"]) == set(pd.read_csv(run / "splits" / "test.csv")["subject_id"])
+    # The held-out subjects are not in the training split.
+    train_ids = set(pd.read_csv(run / "splits" / "train.csv")["subject_id"])
+    assert not train_ids & set(test["subject_id"])
+
+
+@pytest.mark.slow
+def test_checkpoint_alone_reproduces_the_predictions(trained, tmp_path):
+    result, _ = trained
+    test = pd.read_csv(result.run_dir / "predictions" / "test.csv")
+    # A manifest of the test subjects without targets: prediction needs only the checkpoint.
+    manifest = pd.read_csv(DATA_SAMPLES / "manifest.csv")
+    subset = manifest[manifest["subject_id"].isin(test["subject_id"])].drop(columns=["target"])
+    subset["mri"] = [str(DATA_SAMPLES / p) for p in subset["mri"]]
+    subset["pet"] = [str(DATA_SAMPLES / p) if isinstance(p, str) else "" for p in subset["pet"]]
+    subset.to_csv(tmp_path / "new.csv", index=False)
+    scored = predict_manifest(result.best_checkpoint, tmp_path / "new.csv", tmp_path / "out.csv")
+    merged = test.merge(scored, on="subject_id", suffixes=("", "_new"))
+    assert len(merged) == len(test)
+    np.testing.assert_allclose(merged["score"], merged["score_new"], atol=1e-6)
+    assert merged["target_new"].isna().all()
+    assert (tmp_path / "out.csv").is_file()
+
+
+@pytest.mark.slow
+def test_checkpoint_carries_config_and_preprocessing(trained):
+    result, _ = trained
+    model = load_checkpoint(result.best_checkpoint)
+    assert model.preprocessing["grid"]["name"] == "demo_4mm"
+    assert len(model.preprocessing["feature_names"]) == 118
+    assert model.cfg.model.clinical_features_dim == 118
+    assert list(model.cfg.model.img_size) == [40, 48, 40]
+
+
+@pytest.mark.slow
+def test_finished_run_is_not_clobbered(trained):
+    _, tmp = trained
+    with pytest.raises(FileExistsError, match=r"must not hold a finished run.*overwrite"):
+        train_and_evaluate(_cfg(tmp))
+
+
+@pytest.mark.slow
+def test_cli_train_then_predict(tmp_path, capsys):
+    code = main(["train", "--config", "cpu-demo",
+                 f"data.manifest={DATA_SAMPLES / 'manifest.csv'}",
+                 f"data.cache_dir={tmp_path / 'cache'}", f"system.run_dir={tmp_path / 'run'}",
+                 *[t.replace("max_epochs=2", "max_epochs=1") for t in TINY]])
+    assert code == 0
+    assert "auroc" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    ckpt = tmp_path / "run" / summary["best_checkpoint"]
+    out = tmp_path / "scores.csv"
+    assert main(["predict", "--ckpt", str(ckpt), "--manifest",
+                 str(DATA_SAMPLES / "manifest.csv"), "--out", str(out)]) == 0
+    assert len(pd.read_csv(out)) == len(pd.read_csv(DATA_SAMPLES / "manifest.csv"))
+
+
+def test_cli_reports_bad_config_key_without_traceback(capsys):
+    assert main(["train", "--config", "cpu-demo", "trainer.max_epoch=1"]) == 2
+    assert "did you mean `trainer.max_epochs`" in capsys.readouterr().err
+
+
+def test_cli_predict_missing_checkpoint(tmp_path, capsys):
+    code = main(["predict", "--ckpt", str(tmp_path / "nope.ckpt"), "--manifest",
+                 str(DATA_SAMPLES / "manifest.csv"), "--out", str(tmp_path / "o.csv")])
+    assert code == 2
+    assert "nope.ckpt" in capsys.readouterr().err
