@@ -1,4 +1,4 @@
-"""The ``gazimed-lab`` command: synth, qa, train, predict, pipeline, demo, bench."""
+"""The ``gazimed-lab`` command: synth, qa, train, predict, ablate, pipeline, demo."""
 
 from __future__ import annotations
 
@@ -45,6 +45,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from gazimed_lab.ablation import run_ablations
+    from gazimed_lab.data.synthetic import demo_cohort
+
+    manifest = args.manifest or demo_cohort(n_subjects=args.n_subjects)
+    table = run_ablations(manifest, args.out_dir, preset=args.preset, overrides=args.overrides)
+    columns = ["run", "auroc", "auroc_low", "auroc_high", "pearson", "mae", "n"]
+    print(table[[c for c in columns if c in table.columns]].round(3).to_string(index=False))
+    return 0
+
+
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from gazimed_lab.pipeline import run_pipeline
 
@@ -63,12 +74,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(run_dir=args.run_dir, n_subjects=args.n_subjects)
     return 0
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.run import main as bench_main  # type: ignore[import-not-found]
-
-    return int(bench_main(args.rest) or 0)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=_cmd_predict)
 
+    p = sub.add_parser("ablate", help="clinical-only / MRI-only / MRI+PET / all on one split")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="cohort (default: the generated demo cohort)")
+    p.add_argument("--n-subjects", type=int, default=300, help="demo cohort size")
+    p.add_argument("--preset", default="cpu-demo")
+    p.add_argument("--out-dir", type=Path, default=Path("runs/ablations"))
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    p.set_defaults(func=_cmd_ablate)
+
     p = sub.add_parser("pipeline", help="run the notebooks 01-04 with papermill")
     p.add_argument("--preset", default="cpu-demo")
     p.add_argument("--run-dir", type=Path, default=Path("runs/pipeline"))
@@ -117,9 +131,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-subjects", type=int, default=300)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("bench", help="run the benchmark suite (see benchmarks/)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "available_presets",
     "config_to_dict",
     "load_config",
+    "overrides_from",
     "save_config",
 ]
 
@@ -87,6 +88,7 @@ class ModelConfig:
     clinical_features_dim: int = 118
     clinical_hidden: list[int] = field(default_factory=lambda: [256, 512, 256])
     clinical_out_dim: int = 128
+    clinical_feature_dropout: float = 0.0
     head_hidden: list[int] = field(default_factory=lambda: [256, 64])
     dropout: float = 0.1
     drop_path_rate: float = 0.1
@@ -289,6 +291,18 @@ def load_config(
     base.preset = preset if isinstance(preset, str) else "default"
     _validate(base)
     return base
+
+
+def overrides_from(values: dict[str, Any]) -> list[str]:
+    """``{"trainer.max_epochs": 5, "data.batch_size": None}`` -> ``["trainer.max_epochs=5"]``.
+
+    ``None`` means "keep the preset's value", so notebook parameters can default to it.
+    """
+    out = []
+    for key, value in values.items():
+        if value is not None:
+            out.append(f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+    return [item[:-4] if item.endswith("\n...") else item for item in out]
 
 
 def _validate(cfg: DictConfig) -> None:

@@ -39,6 +39,9 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from gazimed_lab.config import load_config, save_config
 
+# Lightning 2.6 warns on every batch about its own use of torch's pytree API: not ours.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
 __all__ = [
     "BestCheckpointLink",
     "best_checkpoint",

@@ -344,3 +344,19 @@ def test_position_aware_pooling_sees_where_tokens_are():
 def test_unknown_pooling_is_rejected():
     with pytest.raises(ValueError, match=r"`fusion_pooling` must be one of .*got 'max'"):
         MultimodalAlzheimersNet(in_channels=2, **{**TINY, "fusion_pooling": "max"})
+
+
+def test_clinical_feature_dropout_hides_values_in_training_only():
+    from gazimed_lab.models.clinical import ClinicalEncoder
+
+    torch.manual_seed(0)
+    enc = ClinicalEncoder(6, (8,), 4, dropout=0.0, feature_dropout=0.5)
+    x = torch.randn(64, 6)
+    seen = []
+    enc.mlp.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0][:, 6:].clone()))
+    enc.train()(x)
+    enc.eval()(x)
+    assert 0.3 < 1 - seen[0].mean().item() < 0.7  # about half hidden in training
+    assert seen[1].min().item() == 1.0  # nothing hidden in evaluation
+    with pytest.raises(ValueError, match=r"`clinical_feature_dropout` must be in \[0, 1\)"):
+        ClinicalEncoder(6, (8,), 4, feature_dropout=1.0)

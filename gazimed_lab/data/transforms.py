@@ -154,18 +154,21 @@ class TrainAugment:
         spatial_size: tuple[int, int, int] | None = None,
     ) -> None:
         rot = math.radians(rotate_deg)
+        spatial = []
+        if rotate_deg or scale or translate_vox:  # an identity resampling would only cost time
+            spatial.append(RandAffine(
+                prob=prob,
+                rotate_range=(rot, rot, rot),
+                scale_range=(scale, scale, scale),
+                translate_range=(translate_vox, translate_vox, translate_vox),
+                mode="bilinear",
+                padding_mode=padding_mode,
+                spatial_size=spatial_size,
+                cache_grid=spatial_size is not None,
+            ))
         self.transform = Compose(
             [
-                RandAffine(
-                    prob=prob,
-                    rotate_range=(rot, rot, rot),
-                    scale_range=(scale, scale, scale),
-                    translate_range=(translate_vox, translate_vox, translate_vox),
-                    mode="bilinear",
-                    padding_mode=padding_mode,
-                    spatial_size=spatial_size,
-                    cache_grid=spatial_size is not None,
-                ),
+                *spatial,
                 RandScaleIntensity(factors=intensity, prob=prob, channel_wise=True),
                 RandShiftIntensity(offsets=intensity, prob=prob, channel_wise=True),
                 RandGaussianNoise(prob=prob, mean=0.0, std=noise_std),

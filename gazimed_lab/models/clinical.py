@@ -37,6 +37,10 @@ class ClinicalEncoder(nn.Module):
         Output width (reference: 128).
     dropout
         Dropout after each hidden layer.
+    feature_dropout
+        Training only: probability of hiding each observed value (it is then seen
+        as missing). Regularizes a wide, mostly uninformative feature vector and
+        teaches the encoder the gaps it meets at prediction time.
     """
 
     def __init__(
@@ -45,8 +49,14 @@ class ClinicalEncoder(nn.Module):
         hidden: Sequence[int] = (256, 512, 256),
         out_dim: int = 128,
         dropout: float = 0.1,
+        feature_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= float(feature_dropout) < 1.0:
+            raise ValueError(
+                f"`clinical_feature_dropout` must be in [0, 1), got {feature_dropout}"
+            )
+        self.feature_dropout = float(feature_dropout)
         if int(features_dim) < 1:
             raise ValueError(f"`clinical_features_dim` must be >= 1, got {features_dim}")
         if int(out_dim) < 1 or any(int(h) < 1 for h in hidden):
@@ -77,5 +87,8 @@ class ClinicalEncoder(nn.Module):
                 f"`clinical_mask` must have the shape of `clinical_features` "
                 f"{tuple(features.shape)}, got {tuple(mask.shape)}"
             )
+        if self.training and self.feature_dropout > 0:
+            keep = torch.rand_like(mask) >= self.feature_dropout
+            mask = mask * keep.to(mask.dtype)
         observed = torch.where(mask > 0, features, torch.zeros_like(features))
         return self.mlp(torch.cat([observed, mask], dim=1))

@@ -67,6 +67,7 @@ class MultimodalAlzheimersNet(nn.Module):
         shared_encoder: bool = False,
         fusion_stages: Sequence[int] = (3, 4),
         fusion_pooling: str = "attention",
+        clinical_feature_dropout: float = 0.0,
         fusion_pool_queries: int = 4,
         fusion_heads: int = 8,
         fusion_dim: int = 256,
@@ -146,7 +147,8 @@ class MultimodalAlzheimersNet(nn.Module):
         if self.uses_clinical:
             self.clinical_features_dim = int(clinical_features_dim)
             self.clinical_encoder = ClinicalEncoder(
-                clinical_features_dim, clinical_hidden, clinical_out_dim, float(dropout)
+                clinical_features_dim, clinical_hidden, clinical_out_dim, float(dropout),
+                float(clinical_feature_dropout),
             )
             width += int(clinical_out_dim)
         self.head = nn.Sequential(
