@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+from gazimed_lab.config import load_config
 from gazimed_lab.data.grid import get_grid, template_on_grid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +74,24 @@ def make_tiny_cohort(
     return manifest
 
 
+@pytest.fixture(scope="session")
+def pristine_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Manifest of a 16-subject cohort made once per session (never modify it)."""
+    return make_tiny_cohort(tmp_path_factory.mktemp("pristine") / "cohort")
+
+
 @pytest.fixture
-def tiny_cohort(tmp_path: Path) -> Path:
-    """Manifest path of a 16-subject cohort on the 4 mm demo grid (one without PET)."""
-    return make_tiny_cohort(tmp_path / "cohort")
+def tiny_cohort(pristine_cohort: Path, tmp_path: Path) -> Path:
+    """Manifest path of a fresh copy of the 16-subject cohort (4 mm grid, one without PET)."""
+    shutil.copytree(pristine_cohort.parent, tmp_path / "cohort")
+    return tmp_path / "cohort" / "manifest.csv"
+
+
+def cohort_config(manifest: Path, tmp_path: Path, *extra: str) -> Any:
+    """The cpu-demo config on ``manifest`` with cache and run folder inside ``tmp_path``."""
+    return load_config("cpu-demo", overrides=[
+        f"data.manifest={manifest}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"system.run_dir={tmp_path / 'run'}",
+        *extra,
+    ])

@@ -6,23 +6,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import cohort_config
 
-from gazimed_lab.config import load_config
 from gazimed_lab.data.cache import VolumeCache, file_fingerprint, volume_key
 from gazimed_lab.data.datamodule import MNIDataModule
 from gazimed_lab.data.manifest import ManifestError
 
 
 def _config(manifest: Path, tmp_path: Path, *extra: str) -> object:
-    return load_config(
-        "cpu-demo",
-        overrides=[
-            f"data.manifest={manifest}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            f"system.run_dir={tmp_path / 'run'}",
-            *extra,
-        ],
-    )
+    return cohort_config(manifest, tmp_path, *extra)
 
 
 def _built(cfg: object) -> MNIDataModule:

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import cohort_config
 
-from gazimed_lab.config import load_config
 from gazimed_lab.data.clinical import ClinicalStats, align_feature_columns
 from gazimed_lab.data.datamodule import MNIDataModule
 
@@ -64,14 +64,7 @@ def test_align_feature_columns() -> None:
 
 
 def _config(manifest: Path, tmp_path: Path) -> object:
-    return load_config(
-        "cpu-demo",
-        overrides=[
-            f"data.manifest={manifest}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            f"system.run_dir={tmp_path / 'run'}",
-        ],
-    )
+    return cohort_config(manifest, tmp_path)
 
 
 def test_datamodule_statistics_come_from_train_rows_only(

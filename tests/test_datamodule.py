@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import make_tiny_cohort
+from conftest import cohort_config, make_tiny_cohort
 
-from gazimed_lab.config import load_config
 from gazimed_lab.data.datamodule import MNIDataModule
 
 CUSTOM_GRID = [
@@ -21,16 +20,7 @@ CUSTOM_GRID = [
 
 
 def _config(manifest: Path, tmp_path: Path, *extra: str) -> object:
-    return load_config(
-        "cpu-demo",
-        overrides=[
-            f"data.manifest={manifest}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            f"system.run_dir={tmp_path / 'run'}",
-            "data.batch_size=4",
-            *extra,
-        ],
-    )
+    return cohort_config(manifest, tmp_path, "data.batch_size=4", *extra)
 
 
 def _all_batches(loader: torch.utils.data.DataLoader) -> dict[str, object]:

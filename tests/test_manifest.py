@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,16 +18,6 @@ from gazimed_lab.data.manifest import ManifestError, read_manifest
 GRID = get_grid("demo_4mm")
 
 
-@pytest.fixture(scope="module")
-def pristine_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_cohort(tmp_path_factory.mktemp("pristine") / "cohort")
-
-
-@pytest.fixture
-def tiny_cohort(pristine_cohort: Path, tmp_path: Path) -> Path:
-    """A fresh copy of the 16-subject cohort (faster than generating it per test)."""
-    shutil.copytree(pristine_cohort.parent, tmp_path / "cohort")
-    return tmp_path / "cohort" / "manifest.csv"
 
 
 def _edit(manifest: Path, change: Callable[[pd.DataFrame], pd.DataFrame | None]) -> Path:

@@ -81,6 +81,7 @@ QUICK = {
     "occlusion_subjects": 1,
     "occlusion_mask_size": 10,
     "max_per_group": 2,
+    "smoothgrad_samples": 2,
     "overwrite": True,
 }
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_tiny_cohort, write_nifti
+from conftest import write_nifti
 
 from gazimed_lab.data.grid import get_grid
 from gazimed_lab.data.manifest import ManifestError, read_manifest
@@ -18,16 +17,6 @@ from gazimed_lab.data.qa import missingness, qa_main, qa_table, run_qa, split_ba
 GRID = get_grid("demo_4mm")
 
 
-@pytest.fixture(scope="module")
-def pristine_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_cohort(tmp_path_factory.mktemp("pristine") / "cohort")
-
-
-@pytest.fixture
-def tiny_cohort(pristine_cohort: Path, tmp_path: Path) -> Path:
-    """A fresh copy of the 16-subject cohort (faster than generating it per test)."""
-    shutil.copytree(pristine_cohort.parent, tmp_path / "cohort")
-    return tmp_path / "cohort" / "manifest.csv"
 
 
 def _edit(manifest: Path, **cells: dict[int, str]) -> None:

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA_SAMPLES
+from conftest import DATA_SAMPLES, cohort_config
 
 from gazimed_lab.cli import main
-from gazimed_lab.config import load_config
 from gazimed_lab.runner import load_checkpoint, predict_manifest, train_and_evaluate
 
 TINY = [
@@ -27,12 +26,7 @@ TINY = [
 
 
 def _cfg(tmp_path: Path, *extra: str):
-    return load_config("cpu-demo", [
-        f"data.manifest={DATA_SAMPLES / 'manifest.csv'}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"system.run_dir={tmp_path / 'run'}",
-        *TINY, *extra,
-    ])
+    return cohort_config(DATA_SAMPLES / "manifest.csv", tmp_path, *TINY, *extra)
 
 
 @pytest.fixture(scope="module")
