@@ -118,3 +118,24 @@ def test_cli_predict_missing_checkpoint(tmp_path, capsys):
                  str(DATA_SAMPLES / "manifest.csv"), "--out", str(tmp_path / "o.csv")])
     assert code == 2
     assert "nope.ckpt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_same_config_and_seed_give_identical_results(tmp_path):
+    results = []
+    for name in ("a", "b"):
+        cfg = _cfg(tmp_path / name, "trainer.max_epochs=1", "data.augment=true",
+                   "trainer.deterministic=true")
+        result = train_and_evaluate(cfg)
+        summary = json.loads((result.run_dir / "metrics.json").read_text())
+        summary.pop("fit_seconds")
+        test = pd.read_csv(result.run_dir / "predictions" / "test.csv")
+        results.append((summary["test"], summary["val"], test))
+    assert results[0][0] == results[1][0] and results[0][1] == results[1][1]
+    pd.testing.assert_frame_equal(results[0][2], results[1][2])
+    # The splits and the saved config name the same subjects and settings.
+    for split in ("train", "val", "test"):
+        a = pd.read_csv(tmp_path / "a" / "run" / "splits" / f"{split}.csv")
+        b = pd.read_csv(tmp_path / "b" / "run" / "splits" / f"{split}.csv")
+        pd.testing.assert_frame_equal(a, b)
+    assert "git commit:" in (tmp_path / "a" / "run" / "environment.txt").read_text()
