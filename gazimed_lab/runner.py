@@ -45,7 +45,7 @@ class RunResult:
     val_metrics: dict[str, float]
     test_metrics: dict[str, float]
     fit_seconds: float
-    epochs: int
+    epochs: int  # epochs completed (early stopping may end before max_epochs)
     predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
@@ -73,6 +73,21 @@ def _resume_path(resume: str | Path | None, run_dir: Path) -> str | None:
     if not path.is_file():
         raise FileNotFoundError(f"`resume` must be a checkpoint file, got a missing path ({path})")
     return str(path)
+
+
+def _training_log(run_dir: Path) -> Path:
+    return run_dir / "logs" / "csv" / "metrics.csv"
+
+
+def _restore_log_before_resume(run_dir: Path, previous: pd.DataFrame | None) -> None:
+    """Put back the rows Lightning's CSV logger deleted when the resumed run started."""
+    path = _training_log(run_dir)
+    if previous is None or previous.empty or not path.is_file():
+        return
+    current = pd.read_csv(path)
+    first_step = current["step"].min() if len(current) else float("inf")
+    kept = previous[previous["step"] < first_step]
+    pd.concat([kept, current], ignore_index=True).to_csv(path, index=False)
 
 
 def _predictions_table(
@@ -142,8 +157,11 @@ def train_and_evaluate(
     model = AlzheimersLightningModule(cfg)
     trainer = create_trainer(cfg, run_dir=run_dir)
 
+    ckpt_path = _resume_path(resume, run_dir)
+    log = _training_log(run_dir)
+    previous = pd.read_csv(log) if ckpt_path and log.is_file() else None
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm, ckpt_path=_resume_path(resume, run_dir))
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
 
     best = Path(trainer.checkpoint_callback.best_model_path or "")  # type: ignore[union-attr]
@@ -189,6 +207,7 @@ def train_and_evaluate(
             summary["youden_threshold_val"] = None
     if trainer.is_global_zero:
         write_metrics_json(run_dir, summary, merge=False)
+        _restore_log_before_resume(run_dir, previous)
     return RunResult(
         run_dir=run_dir,
         best_checkpoint=best,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import DATA_SAMPLES, cohort_config
 
 from gazimed_lab.cli import main
@@ -139,3 +140,24 @@ def test_same_config_and_seed_give_identical_results(tmp_path):
         b = pd.read_csv(tmp_path / "b" / "run" / "splits" / f"{split}.csv")
         pd.testing.assert_frame_equal(a, b)
     assert "git commit:" in (tmp_path / "a" / "run" / "environment.txt").read_text()
+
+
+@pytest.mark.slow
+def test_resume_last_continues_from_the_saved_epoch(tmp_path):
+    first = train_and_evaluate(_cfg(tmp_path, "trainer.max_epochs=1"))
+    saved = torch.load(first.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["epoch"] == 0
+    resumed = train_and_evaluate(_cfg(tmp_path, "trainer.max_epochs=3"), resume="last")
+    assert first.epochs == 1 and resumed.epochs == 3  # epochs completed
+    after = torch.load(resumed.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert after["epoch"] == 2
+    assert after["global_step"] == 3 * saved["global_step"]  # continued, not restarted
+    log = pd.read_csv(next((resumed.run_dir / "logs").rglob("metrics.csv")))
+    # The log keeps the epochs before the interruption (Lightning's logger deletes them).
+    assert {0, 1, 2} <= set(log["epoch"].dropna().astype(int))
+    assert log["val/auroc"].notna().sum() == 3
+
+
+def test_resume_last_without_a_checkpoint_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"`--resume last` must find a last checkpoint"):
+        train_and_evaluate(_cfg(tmp_path), resume="last")
