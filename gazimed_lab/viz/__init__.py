@@ -6,22 +6,20 @@ to draw into and ``output_file`` to save, and never calls ``plt.show()``.
 
 from __future__ import annotations
 
+from gazimed_lab.viz._figures import save_figure
 from gazimed_lab.viz.cohort import (
     plot_feature_distributions,
     plot_missingness,
     plot_score_distribution,
     plot_split_balance,
 )
+from gazimed_lab.viz.curves import plot_learning_curves, plot_pr, plot_roc
 from gazimed_lab.viz.dashboards import (
     plot_calibration,
     plot_confusion,
-    plot_learning_curves,
-    plot_pr,
     plot_pred_vs_true,
-    plot_roc,
     plot_run_comparison,
     plot_subgroups,
-    save_figure,
 )
 from gazimed_lab.viz.slices import (
     as_image,

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from gazimed_lab.viz.dashboards import _DX_COLORS, _axes, _new_figure, save_figure
+from gazimed_lab.viz._figures import _DX_COLORS, _axes, _new_figure, save_figure
 
 __all__ = [
     "plot_feature_distributions",

@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from scipy import ndimage
 
 from gazimed_lab.data.grid import Grid, get_grid, template_on_grid
-from gazimed_lab.viz.dashboards import save_figure
+from gazimed_lab.viz._figures import save_figure
 
 __all__ = [
     "ImageLike",

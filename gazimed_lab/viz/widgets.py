@@ -18,6 +18,7 @@ from IPython.display import display
 from matplotlib.figure import Figure
 
 from gazimed_lab import evaluation as ev
+from gazimed_lab.viz import curves
 from gazimed_lab.viz import dashboards as dash
 from gazimed_lab.viz.slices import AXIS_NAMES, ImageLike, _canonical, as_image, plot_slice
 
@@ -204,7 +205,7 @@ class MetricsExplorer(widgets.VBox):
         run_dir, view, thr = self.runs[self.run.value], self.view.value, self.threshold.value
         try:
             if view == "learning curves":
-                fig, html = dash.plot_learning_curves(run_dir), None
+                fig, html = curves.plot_learning_curves(run_dir), None
             else:
                 table = self._table()
                 key = (self.run.value, self.split.value, thr)
@@ -214,8 +215,8 @@ class MetricsExplorer(widgets.VBox):
                 self.summary = self._summaries[key]
                 html = self.summary.to_html(index=False, float_format="{:.3f}".format)
                 plots = {
-                    "ROC": lambda: dash.plot_roc(table, n_boot=self.n_boot, threshold=thr),
-                    "precision-recall": lambda: dash.plot_pr(table, n_boot=self.n_boot,
+                    "ROC": lambda: curves.plot_roc(table, n_boot=self.n_boot, threshold=thr),
+                    "precision-recall": lambda: curves.plot_pr(table, n_boot=self.n_boot,
                                                              threshold=thr),
                     "calibration": lambda: dash.plot_calibration(table),
                     "predicted vs true": lambda: dash.plot_pred_vs_true(table, threshold=thr),
