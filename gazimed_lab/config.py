@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -298,11 +299,8 @@ def overrides_from(values: dict[str, Any]) -> list[str]:
 
     ``None`` means "keep the preset's value", so notebook parameters can default to it.
     """
-    out = []
-    for key, value in values.items():
-        if value is not None:
-            out.append(f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
-    return [item[:-4] if item.endswith("\n...") else item for item in out]
+    # JSON is valid YAML, and load_config parses override values as YAML.
+    return [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
 
 
 def _validate(cfg: DictConfig) -> None:

@@ -153,11 +153,9 @@ def run_pipeline(
             f"notebook parameters must be declared by a notebook, got {unknown}; declared: "
             f"{sorted(declared)}"
         )
-    if overwrite and marker.exists():
-        marker.unlink()
     if overwrite:
-        for stale in ("metrics.json",):
-            (run_dir / stale).unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
+        (run_dir / "metrics.json").unlink(missing_ok=True)
     summary: dict[str, Any] = {"notebooks": {}, "parameters": params}
     for name in notebooks:
         start = time.perf_counter()

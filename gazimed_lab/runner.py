@@ -15,7 +15,6 @@ from typing import Any
 
 import pandas as pd
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig
 
 from gazimed_lab.config import load_config
@@ -148,8 +147,6 @@ def train_and_evaluate(
             f"`run_dir` must not hold a finished run, got {run_dir / 'metrics.json'}; pass "
             "overwrite=True (CLI: a new system.run_dir) or resume='last'"
         )
-    if cfg.system.num_threads:
-        torch.set_num_threads(int(cfg.system.num_threads))
     pl.seed_everything(int(cfg.system.seed), workers=True, verbose=False)
 
     dm = MNIDataModule(cfg, run_dir=run_dir)
@@ -234,11 +231,8 @@ def predict_manifest(
             f"checkpoint must hold preprocessing statistics, got none ({ckpt}); was it saved "
             "by a fit with MNIDataModule?"
         )
-    cfg = model.cfg.copy()
-    cfg.trainer.accelerator = "cpu"
-    cfg.trainer.devices = 1
     dm = MNIDataModule(
-        cfg, run_dir=Path(out).parent if out else None, predict_manifest=manifest,
+        model.cfg.copy(), run_dir=Path(out).parent if out else None, predict_manifest=manifest,
         preprocessing=model.preprocessing,
     )
     trainer = pl.Trainer(

@@ -103,3 +103,16 @@ def test_yaml_file_starts_from_its_preset(tmp_path: Path):
     cfg = load_config(path)
     assert cfg.trainer.max_epochs == 2
     assert cfg.model.embed_dim == load_config("cpu-demo").model.embed_dim
+
+
+def test_overrides_from_skips_none_and_round_trips_types():
+    from gazimed_lab.config import overrides_from
+
+    items = overrides_from({"trainer.max_epochs": 5, "data.batch_size": None,
+                            "trainer.precision": "bf16-mixed", "model.depths": [1, 1, 2, 1],
+                            "data.augment": False})
+    assert len(items) == 4 and not any(i.startswith("data.batch_size") for i in items)
+    cfg = load_config("cpu-demo", items)
+    assert cfg.trainer.max_epochs == 5 and cfg.trainer.precision == "bf16-mixed"
+    assert list(cfg.model.depths) == [1, 1, 2, 1] and cfg.data.augment is False
+    assert cfg.data.batch_size == load_config("cpu-demo").data.batch_size
