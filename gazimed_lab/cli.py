@@ -31,6 +31,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = train_and_evaluate(cfg, resume=args.resume)
+    if result.global_rank != 0:
+        return 0  # rank 0 reports
     print(f"run folder: {result.run_dir}")
     for key, value in sorted(result.test_metrics.items()):
         print(f"  {key:<20} {value:.4f}")

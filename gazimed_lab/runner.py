@@ -17,6 +17,7 @@ import pandas as pd
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from gazimed_lab.checkpoints import check_resumable, load_model
 from gazimed_lab.config import load_config
 from gazimed_lab.data.datamodule import MNIDataModule
 from gazimed_lab.evaluation import binary_metrics, write_metrics_json, youden_threshold
@@ -46,6 +47,7 @@ class RunResult:
     fit_seconds: float
     epochs: int  # epochs completed (early stopping may end before max_epochs)
     predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
+    global_rank: int = 0  # > 0: a secondary process of a multi-process run (writes nothing)
 
 
 def fit_config_to_data(cfg: DictConfig, dm: MNIDataModule) -> DictConfig:
@@ -72,6 +74,12 @@ def _resume_path(resume: str | Path | None, run_dir: Path) -> str | None:
     if not path.is_file():
         raise FileNotFoundError(f"`resume` must be a checkpoint file, got a missing path ({path})")
     return str(path)
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` when inside it (so run folders can move)."""
+    path, folder = path.resolve(), folder.resolve()
+    return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
 
 
 def _training_log(run_dir: Path) -> Path:
@@ -104,12 +112,20 @@ def _predictions_table(
 
 
 def load_checkpoint(path: str | Path) -> AlzheimersLightningModule:
-    """Load a trained model on CPU in eval mode (the config comes from the checkpoint)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"`ckpt` must be a checkpoint file, got a missing path ({path})")
-    model = AlzheimersLightningModule.load_from_checkpoint(str(path), map_location="cpu")
-    return model.eval()
+    """Load a trained model on CPU in eval mode (the config comes from the checkpoint).
+
+    Read with ``weights_only=True`` (see :mod:`gazimed_lab.checkpoints`).
+    """
+    return load_model(path)
+
+
+def _predict_records(model: pl.LightningModule, loader: Any) -> list[dict[str, Any]]:
+    """Per-subject records of one loader, in one process (also inside a DDP run)."""
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    return flatten_predictions(trainer.predict(model, dataloaders=loader))
 
 
 def train_and_evaluate(
@@ -117,6 +133,7 @@ def train_and_evaluate(
     run_dir: str | Path | None = None,
     resume: str | Path | None = None,
     overwrite: bool = False,
+    callbacks: list[pl.Callback] | None = None,
 ) -> RunResult:
     """Fit, test the best checkpoint and write the run folder.
 
@@ -132,12 +149,16 @@ def train_and_evaluate(
         ``"last"`` or a checkpoint path to continue an interrupted run.
     overwrite
         Allow writing into a run folder that already holds a finished run.
+    callbacks
+        Extra Lightning callbacks for the fit.
 
     Returns
     -------
     RunResult
         Best checkpoint path, validation and held-out test metrics (computed on
-        the predictions of the best checkpoint), fit time.
+        the predictions of the best checkpoint), fit time. In a multi-process
+        run, only global rank 0 writes predictions and ``metrics.json``; the
+        other ranks return empty metrics and predictions.
     """
     cfg = load_config(cfg) if isinstance(cfg, str) else cfg.copy()
     run_dir = Path(run_dir if run_dir is not None else cfg.system.run_dir)
@@ -151,10 +172,12 @@ def train_and_evaluate(
 
     dm = MNIDataModule(cfg, run_dir=run_dir)
     cfg = fit_config_to_data(cfg, dm)
-    model = AlzheimersLightningModule(cfg)
-    trainer = create_trainer(cfg, run_dir=run_dir)
-
     ckpt_path = _resume_path(resume, run_dir)
+    if ckpt_path is not None:
+        check_resumable(cfg, ckpt_path)
+    model = AlzheimersLightningModule(cfg)
+    trainer = create_trainer(cfg, run_dir=run_dir, callbacks=callbacks)
+
     log = _training_log(run_dir)
     previous = pd.read_csv(log) if ckpt_path and log.is_file() else None
     start = time.perf_counter()
@@ -168,6 +191,10 @@ def train_and_evaluate(
             f"was `{cfg.trainer.monitor}` logged?"
         )
     trainer.test(model, datamodule=dm, ckpt_path=str(best), verbose=False)
+    epochs = int(trainer.current_epoch)
+    if not trainer.is_global_zero:
+        return RunResult(run_dir, best, {}, {}, fit_seconds, epochs,
+                         global_rank=int(trainer.global_rank))
 
     best_model = load_checkpoint(best)
     predictions: dict[str, pd.DataFrame] = {}
@@ -175,12 +202,11 @@ def train_and_evaluate(
         subjects = dm.splits[split]
         if len(subjects) == 0:
             continue
-        outputs = trainer.predict(best_model, dataloaders=dm.split_dataloader(split))
-        table = _predictions_table(flatten_predictions(outputs), subjects, split)
-        if trainer.is_global_zero:
-            out = run_dir / "predictions" / f"{split}.csv"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            table.to_csv(out, index=False)
+        records = _predict_records(best_model, dm.split_dataloader(split))
+        table = _predictions_table(records, subjects, split)
+        out = run_dir / "predictions" / f"{split}.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
         predictions[split] = table
 
     threshold = float(cfg.optim.threshold)
@@ -190,9 +216,8 @@ def train_and_evaluate(
         "val": val_metrics,
         "test": test_metrics,
         "threshold": threshold,
-        "best_checkpoint": str(best.relative_to(run_dir)) if best.is_relative_to(run_dir)
-        else str(best),
-        "epochs": int(trainer.current_epoch),
+        "best_checkpoint": _relative(best, run_dir),
+        "epochs": epochs,
         "fit_seconds": round(fit_seconds, 1),
         "n_subjects": {name: len(table) for name, table in dm.splits.items()},
         "preset": cfg.preset,
@@ -202,16 +227,15 @@ def train_and_evaluate(
             summary["youden_threshold_val"] = youden_threshold(predictions["val"])
         except ValueError:
             summary["youden_threshold_val"] = None
-    if trainer.is_global_zero:
-        write_metrics_json(run_dir, summary, merge=False)
-        _restore_log_before_resume(run_dir, previous)
+    write_metrics_json(run_dir, summary, merge=False)
+    _restore_log_before_resume(run_dir, previous)
     return RunResult(
         run_dir=run_dir,
         best_checkpoint=best,
         val_metrics=val_metrics,
         test_metrics=test_metrics,
         fit_seconds=fit_seconds,
-        epochs=int(trainer.current_epoch),
+        epochs=epochs,
         predictions=predictions,
     )
 
@@ -235,12 +259,8 @@ def predict_manifest(
         model.cfg.copy(), run_dir=Path(out).parent if out else None, predict_manifest=manifest,
         preprocessing=model.preprocessing,
     )
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )
-    outputs = trainer.predict(model, dataloaders=dm.predict_dataloader())
-    table = _predictions_table(flatten_predictions(outputs), dm.splits["predict"], "predict")
+    records = _predict_records(model, dm.predict_dataloader())
+    table = _predictions_table(records, dm.splits["predict"], "predict")
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)

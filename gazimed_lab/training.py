@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import math
-import os
 import platform
 import re
 import shutil
@@ -201,14 +200,6 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     return loggers
 
 
-def _multi_process(t: Any) -> bool:
-    devices = t.devices
-    many = isinstance(devices, int) and devices > 1
-    many = many or (isinstance(devices, str) and devices.isdigit() and int(devices) > 1)
-    many = many or (not isinstance(devices, (int, str)) and len(list(devices)) > 1)
-    return bool(many or int(t.num_nodes) > 1 or "ddp" in str(t.strategy))
-
-
 def create_trainer(cfg: Any, run_dir: str | Path | None = None, **overrides: Any) -> pl.Trainer:
     """Build a ``pl.Trainer`` configured from ``cfg.trainer`` with the run folder prepared.
 
@@ -271,9 +262,8 @@ def create_trainer(cfg: Any, run_dir: str | Path | None = None, **overrides: Any
         gradient_clip_algorithm=t.gradient_clip_algorithm if t.gradient_clip_val else None,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
-        # The network standardizes features across subjects (BatchNorm): with several
-        # processes, the statistics must cover the global batch.
-        sync_batchnorm=_multi_process(t),
+        # No sync_batchnorm: the network's SubjectStandardize all-reduces its batch
+        # statistics itself (torch's SyncBatchNorm is GPU-only and would replace it).
         enable_progress_bar=t.enable_progress_bar,
         logger=_loggers(cfg, run_dir),
         callbacks=callbacks,
@@ -283,5 +273,4 @@ def create_trainer(cfg: Any, run_dir: str | Path | None = None, **overrides: Any
         if value is not None:  # > 1: a number of batches; <= 1.0: a fraction
             kwargs[key] = int(value) if value > 1 and float(value).is_integer() else value
     kwargs.update(overrides)
-    os.makedirs(run_dir, exist_ok=True)
     return pl.Trainer(**kwargs)

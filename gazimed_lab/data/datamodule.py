@@ -8,6 +8,11 @@ statistics on the training split and serves train / val / test batches
 saved :meth:`MNIDataModule.preprocessing_state` to another manifest, whose
 targets may be missing.
 
+Subject order comes from :class:`~gazimed_lab.data.sampling.SubjectSampler`:
+seeded per epoch (a resumed run sees the same batches as an uninterrupted one)
+and, with several processes, shared out so that the global batches equal those
+of one process with ``world_size * data.batch_size``.
+
 A batch is a dict::
 
     images             (B, C, D, H, W) float32   C = data.channels (MRI, PET, PET - MRI)
@@ -28,20 +33,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
-import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from gazimed_lab.data.cache import VolumeCache, cache_subjects
 from gazimed_lab.data.clinical import ClinicalStats, align_feature_columns
 from gazimed_lab.data.grid import Grid, grid_from_config
 from gazimed_lab.data.manifest import RESERVED_COLUMNS, Cohort, read_manifest
+from gazimed_lab.data.sampling import SubjectSampler
 from gazimed_lab.data.splits import SPLIT_NAMES, make_splits, write_splits
-from gazimed_lab.data.transforms import (
-    MRI_NORMALIZATION,
-    TrainAugment,
-    VolumeDataset,
-    seed_worker,
-)
+from gazimed_lab.data.transforms import MRI_NORMALIZATION, TrainAugment, VolumeDataset
 
 __all__ = ["PREPROCESSING_VERSION", "MNIDataModule"]
 
@@ -184,7 +185,10 @@ class MNIDataModule(pl.LightningDataModule):
             fold=int(data.fold),
             manifest=str(self.cohort.path),
         )
-        if self.trainer is None or self.trainer.is_global_zero:
+        # Before a trainer is attached, Lightning's launcher rank (from the environment)
+        # tells the processes of a multi-process run apart.
+        rank_zero = self.trainer.is_global_zero if self.trainer else rank_zero_only.rank == 0
+        if rank_zero:
             write_splits(splits, self.run_dir)
         if self._given is not None:
             self._stats = ClinicalStats.from_dict(self._given)
@@ -301,29 +305,42 @@ class MNIDataModule(pl.LightningDataModule):
         return self._datasets[name]
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, dataset: VolumeDataset, train: bool) -> DataLoader:
+    def _processes(self) -> tuple[int, int]:
+        """(world size, global rank) of the attached trainer; (1, 0) without one."""
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
+    def _loader(self, dataset: VolumeDataset, train: bool, shared: bool = True) -> DataLoader:
+        """Batches of ``dataset``; ``shared``: this process's share when several run."""
         data = self.cfg.data
         workers = int(data.num_workers)
         batch_size = int(data.batch_size)
+        world, rank = self._processes() if shared else (1, 0)
+        sampler = SubjectSampler(
+            dataset, shuffle=train, seed=self.seed, num_replicas=world, rank=rank,
+            keyed=train and dataset.augment is not None,
+        )
+        count = len(sampler)
         # A last batch of one sample breaks batch statistics: drop it in training only.
-        drop_last = train and len(dataset) > batch_size and len(dataset) % batch_size == 1
+        drop_last = train and count > batch_size and count % batch_size == 1
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=workers,
             pin_memory=bool(data.pin_memory),
             persistent_workers=workers > 0,
-            worker_init_fn=seed_worker if workers > 0 else None,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
 
     def split_dataloader(self, name: str, augment: bool = False) -> DataLoader:
         """Loader over one split (``train``/``val``/``test``/``predict``), in subject order.
 
         Without ``augment`` even the train split is served unaugmented and
-        unshuffled (e.g. to write predictions for every split).
+        unshuffled (e.g. to write predictions for every split). Always the whole
+        split, also in a multi-process run.
         """
         if name not in self.splits:
             raise ValueError(f"`split` must be one of {sorted(self.splits)}, got {name!r}")
@@ -333,7 +350,7 @@ class MNIDataModule(pl.LightningDataModule):
                 dataset.arrays, dataset.modality_masks, dataset.features,
                 dataset.feature_mask, dataset.targets, dataset.subject_ids, None,
             )
-        return self._loader(dataset, train=augment)
+        return self._loader(dataset, train=augment, shared=False)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented (``data.augment``) training batches."""

@@ -22,18 +22,18 @@ from monai.transforms import (
     RandScaleIntensity,
     RandShiftIntensity,
 )
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from gazimed_lab.data.grid import Grid
 from gazimed_lab.data.images import ImageError, check_same_space, conform_to_grid, load_volume
 from gazimed_lab.data.normalize import normalize_mri, normalize_pet, pet_minus_mri
+from gazimed_lab.data.sampling import derive_seed
 
 __all__ = [
     "MRI_NORMALIZATION",
     "TrainAugment",
     "VolumeDataset",
     "preprocess_subject",
-    "seed_worker",
 ]
 
 #: Name of the MRI normalization, part of the cache key.
@@ -135,7 +135,8 @@ class TrainAugment:
         (``zeros``, the default, matches the normalized volumes, which are 0
         outside the brain mask; or ``border``).
     seed
-        Initial random state (see :meth:`set_random_state`).
+        Base seed: :meth:`reseed` derives each draw's state from it, the epoch and
+        the subject index.
     spatial_size
         The (D, H, W) of the inputs, when known: the affine's sampling grid is
         then computed once and reused.
@@ -174,6 +175,7 @@ class TrainAugment:
                 RandGaussianNoise(prob=prob, mean=0.0, std=noise_std),
             ]
         )
+        self.seed = int(seed)
         self.set_random_state(seed)
 
     @classmethod
@@ -193,8 +195,16 @@ class TrainAugment:
         )
 
     def set_random_state(self, seed: int) -> None:
-        """Reseed every random transform (e.g. per DataLoader worker)."""
+        """Reseed every random transform."""
         self.transform.set_random_state(seed=int(seed) % (2**32))
+
+    def reseed(self, epoch: int, index: int) -> None:
+        """Make the next draw a function of (seed, epoch, subject index) only.
+
+        Augmentation then does not depend on DataLoader workers, batch order or a
+        resume from a checkpoint.
+        """
+        self.set_random_state(derive_seed(self.seed, epoch, index))
 
     def __call__(self, image: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
         """Augment one (C, D, H, W) float32 tensor."""
@@ -223,6 +233,10 @@ class VolumeDataset(Dataset):
         N subject ids.
     augment
         Training augmentation, or None (val / test / predict).
+
+    Items are indexed by subject position, or by ``(epoch, index)`` (what
+    :class:`~gazimed_lab.data.sampling.SubjectSampler` yields in training): the
+    augmentation of a keyed item is then reproducible on its own.
     """
 
     def __init__(
@@ -246,11 +260,14 @@ class VolumeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.arrays)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (None, key)
         array = np.load(self.arrays[index], mmap_mode="r")
         image = torch.from_numpy(np.array(array, dtype=np.float32))
         mask = torch.from_numpy(self.modality_masks[index].copy())
         if self.augment is not None:
+            if epoch is not None:
+                self.augment.reseed(epoch, index)
             image = self.augment(image, mask)
         return {
             "images": image,
@@ -260,10 +277,3 @@ class VolumeDataset(Dataset):
             "targets": torch.tensor(self.targets[index], dtype=torch.float32),
             "subject_id": self.subject_ids[index],
         }
-
-
-def seed_worker(worker_id: int) -> None:
-    """Give each DataLoader worker its own augmentation random state."""
-    info = get_worker_info()
-    if info is not None and getattr(info.dataset, "augment", None) is not None:
-        info.dataset.augment.set_random_state(info.seed)

@@ -70,6 +70,10 @@ class SwinImageEncoder(nn.Module):
         Stochastic depth rate.
     use_checkpoint
         Activation checkpointing inside the Swin blocks (MONAI ``use_checkpoint``).
+    n_outputs
+        How many of the five outputs to compute (1..5). Stages deeper than the
+        last output are not built: no compute, and no unused parameters (which
+        DDP would reject).
 
     Attributes
     ----------
@@ -94,8 +98,11 @@ class SwinImageEncoder(nn.Module):
         window_size: Sequence[int] = (7, 7, 7),
         drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
+        n_outputs: int = N_STAGES + 1,
     ) -> None:
         super().__init__()
+        if not 1 <= int(n_outputs) <= N_STAGES + 1:
+            raise ValueError(f"`n_outputs` must be in 1..{N_STAGES + 1}, got {n_outputs}")
         if int(in_channels) < 1:
             raise ValueError(f"`in_channels` must be >= 1, got {in_channels}")
         self.img_size = check_triple("img_size", img_size)
@@ -147,6 +154,9 @@ class SwinImageEncoder(nn.Module):
             spatial_dims=3,
             **extra,
         )
+        self.n_outputs = int(n_outputs)
+        for stage in range(self.n_outputs, N_STAGES + 1):
+            delattr(self.swin, f"layers{stage}")  # never run: see n_outputs
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """Pad ``(B, C, *img_size)`` to ``(B, C, *padded_size)`` with edge values."""
@@ -155,9 +165,11 @@ class SwinImageEncoder(nn.Module):
         return F.pad(x, self._pad, mode="replicate")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encode ``(B, in_channels, *img_size)`` into five feature maps (shallow to deep).
+        """Encode ``(B, in_channels, *img_size)`` into ``n_outputs`` feature maps.
 
-        Output ``i`` has shape ``(B, embed_dim * 2**i, *stage_grids[i])``.
+        Output ``i`` (shallow to deep) has shape
+        ``(B, embed_dim * 2**i, *stage_grids[i])``: the patch embedding, then one per
+        Swin stage, each layer-normalized as in MONAI's ``SwinTransformer.forward``.
         """
         expected = (self.in_channels, *self.img_size)
         if x.ndim != 5 or tuple(x.shape[1:]) != expected:
@@ -165,4 +177,10 @@ class SwinImageEncoder(nn.Module):
                 f"encoder input must have shape (B, {', '.join(map(str, expected))}), "
                 f"got {tuple(x.shape)}"
             )
-        return list(self.swin(self.pad(x), normalize=True))
+        swin = self.swin
+        hidden = swin.pos_drop(swin.patch_embed(self.pad(x)))
+        outputs = [swin.proj_out(hidden, True)]
+        for stage in range(1, self.n_outputs):
+            hidden = getattr(swin, f"layers{stage}")[0](hidden.contiguous())
+            outputs.append(swin.proj_out(hidden, True))
+        return outputs

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gazimed_lab.models.standardize import SubjectStandardize
+
 __all__ = [
     "POOLINGS",
     "CrossAttentionBlock",
@@ -43,25 +45,6 @@ __all__ = [
 ]
 
 POOLINGS = ("attention", "flatten", "mean")
-
-
-class SubjectStandardize(nn.BatchNorm1d):
-    """Standardize each feature across subjects (BatchNorm) on any ``(B, ...)`` tensor.
-
-    The trailing dimensions are flattened into ``num_features`` features. A
-    training batch of one has no between-subject statistics: it is normalized
-    with the running statistics (not updated), as in evaluation.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Standardize ``x`` (running statistics in eval, or when the batch has one subject)."""
-        flat = x.reshape(x.shape[0], -1)
-        if self.training and flat.shape[0] == 1:
-            out = F.batch_norm(flat, self.running_mean, self.running_var, self.weight,
-                               self.bias, False, 0.0, self.eps)
-        else:
-            out = super().forward(flat)
-        return out.view_as(x)
 
 
 def sincos_position_code(grid: Sequence[int], dim: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from gazimed_lab import __version__
 from gazimed_lab.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
 from gazimed_lab.data.grid import grid_from_config
+from gazimed_lab.data.sampling import derive_seed
 from gazimed_lab.models.losses import ScoreLoss
 from gazimed_lab.models.metrics import ScoreMetrics
 from gazimed_lab.models.network import MultimodalAlzheimersNet
@@ -247,6 +248,15 @@ class AlzheimersLightningModule(pl.LightningModule):
         if metrics.updated:
             self.log_dict(metrics.compute(), sync_dist=True)
         metrics.reset()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Reseed torch's generator from (seed, epoch, batch, rank).
+
+        Dropout and modality dropout draws then depend on nothing else (not on what
+        Lightning or the DataLoader drew before), so a resumed run repeats them.
+        """
+        torch.manual_seed(derive_seed(int(self.cfg.system.seed), self.current_epoch,
+                                      batch_idx, self.global_rank))
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's training metrics and skipped-batch count."""

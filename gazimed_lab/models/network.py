@@ -122,6 +122,7 @@ class MultimodalAlzheimersNet(nn.Module):
                 img_size=self.img_size, patch_size=patch_size, embed_dim=embed_dim,
                 depths=depths, num_heads=num_heads, window_size=window_size,
                 drop_path_rate=drop_path_rate, use_checkpoint=activation_checkpointing,
+                n_outputs=max(stages) + 1,
             )
             self.mri_encoder = SwinImageEncoder(1, **encoder_args)
             if self.with_pet:
