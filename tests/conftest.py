@@ -19,6 +19,22 @@ from gazimed_lab.data.grid import get_grid, template_on_grid
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_SAMPLES = REPO / "data_samples"
+GUARD = REPO / "tests" / "guard"  # test-only process guard (network block, write audit)
+
+
+def guard_module() -> Any:
+    """The guard in ``tests/guard/sitecustomize.py``, imported into this process."""
+    import importlib.util
+    import sys
+
+    if "gazimed_test_guard" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("gazimed_test_guard",
+                                                      GUARD / "sitecustomize.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["gazimed_test_guard"] = module
+        spec.loader.exec_module(module)  # under another name: installs nothing
+    return sys.modules["gazimed_test_guard"]
 
 
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA_SAMPLES, REPO
+from conftest import DATA_SAMPLES, GUARD, REPO, guard_module
 
 from gazimed_lab.pipeline import (
     PIPELINE_NOTEBOOKS,
@@ -86,19 +87,48 @@ QUICK = {
 }
 
 
+def _guarded_env(monkeypatch: pytest.MonkeyPatch, log: Path) -> None:
+    """Every Python process started from here blocks non-loopback network and logs."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(GUARD), os.environ.get("PYTHONPATH", "")) if p))
+    monkeypatch.setenv("GAZIMED_GUARD_LOG", str(log))
+    monkeypatch.setenv("GAZIMED_GUARD_NETWORK", "1")
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
+    """The quick pipeline, with the network blocked in this process and in every kernel."""
     tmp = tmp_path_factory.mktemp("pipeline")
     params = {**QUICK, "cache_dir": str(tmp / "cache")}
-    summary = run_pipeline(tmp / "run", parameters=params,
-                           manifest=DATA_SAMPLES / "manifest.csv")
-    return tmp / "run", summary
+    guard = guard_module()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _guarded_env(monkeypatch, tmp / "guard")
+        guard.install_network_guard()
+        try:
+            summary = run_pipeline(tmp / "run", parameters=params,
+                                   manifest=DATA_SAMPLES / "manifest.csv")
+        finally:
+            guard.uninstall_network_guard()
+    return tmp / "run", summary, tmp / "guard"
+
+
+def test_network_guard_blocks_and_records(tmp_path, monkeypatch):
+    _guarded_env(monkeypatch, tmp_path / "guard")
+    probe = ("import socket\n"
+             "try:\n    socket.create_connection(('example.org', 80), timeout=5)\n"
+             "except OSError as exc:\n    print(exc)\n"
+             "socket.socket().close(); print(socket.getaddrinfo('localhost', 80)[0][4][0])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60)
+    assert "blocked by the test guard: 'example.org'" in out.stdout, out.stderr
+    records = guard_module().read_records(tmp_path / "guard")
+    assert [r["target"] for r in records if r["event"] == "network"] == ["'example.org'"]
 
 
 @pytest.mark.slow
 @pytest.mark.notebooks
 def test_pipeline_runs_the_four_notebooks_into_one_run_folder(pipeline_run):
-    run, summary = pipeline_run
+    run, summary, _ = pipeline_run
     assert list(summary["notebooks"]) == list(PIPELINE_NOTEBOOKS)
     for name in PIPELINE_NOTEBOOKS:
         assert (run / "notebooks" / f"{name}.ipynb").is_file()
@@ -115,8 +145,19 @@ def test_pipeline_runs_the_four_notebooks_into_one_run_folder(pipeline_run):
 
 @pytest.mark.slow
 @pytest.mark.notebooks
+def test_quick_pipeline_ran_with_the_network_blocked(pipeline_run):
+    _, summary, guard_log = pipeline_run
+    records = guard_module().read_records(guard_log)
+    kernels = [r for r in records if r["event"] == "start"
+               and any("ipykernel" in str(a) for a in r["argv"])]
+    assert len(kernels) >= len(summary["notebooks"])  # every notebook's kernel was guarded
+    assert [r for r in records if r["event"] == "network"] == []
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
 def test_predict_notebook_scores_a_manifest(pipeline_run):
-    run, _ = pipeline_run
+    run, _, _ = pipeline_run
     run_notebook("05_predict", run, {"manifest": str(DATA_SAMPLES / "manifest.csv")})
     import pandas as pd
 
@@ -128,7 +169,7 @@ def test_predict_notebook_scores_a_manifest(pipeline_run):
 @pytest.mark.slow
 @pytest.mark.notebooks
 def test_nbval_validates_the_executed_notebooks(pipeline_run):
-    run, _ = pipeline_run
+    run, _, _ = pipeline_run
     notebooks = [str(run / "notebooks" / f"{n}.ipynb") for n in PIPELINE_NOTEBOOKS]
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",

@@ -16,16 +16,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, cohort_config, make_tiny_cohort
+from conftest import GUARD, cohort_config, guard_module, make_tiny_cohort
 
 from gazimed_lab.checkpoints import CheckpointError, load_model, read_checkpoint
 from gazimed_lab.cli import main
 from gazimed_lab.config import save_config
 from gazimed_lab.runner import predict_manifest, train_and_evaluate
-
-GUARD = REPO / "tests" / "guard"
-sys.path.insert(0, str(GUARD))
-from sitecustomize import read_records  # noqa: E402  (the guard's reader, not a startup hook)
 
 SMALL = [
     "model.embed_dim=12",
@@ -124,9 +120,11 @@ def test_two_process_ddp_matches_one_process_and_only_rank_zero_writes(tmp_path)
     runs = {"one": ["data.batch_size=4", "trainer.devices=1"],
             "ddp": ["data.batch_size=2", "trainer.devices=2", "trainer.strategy=ddp"]}
     for name, extra in runs.items():
-        env = _subprocess_env(PYTHONPATH=f"{GUARD}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-                              GAZIMED_GUARD_LOG=str(tmp_path / f"guard_{name}"),
-                              GAZIMED_GUARD_WRITES="1")
+        env = _subprocess_env(
+            PYTHONPATH=os.pathsep.join(p for p in (str(GUARD), os.environ.get("PYTHONPATH"))
+                                       if p),
+            GAZIMED_GUARD_LOG=str(tmp_path / f"guard_{name}"), GAZIMED_GUARD_WRITES="1",
+        )
         proc = subprocess.run(
             [sys.executable, "-m", "gazimed_lab.cli", "train", *common, *extra,
              f"system.run_dir={tmp_path / name}"],
@@ -148,7 +146,7 @@ def test_two_process_ddp_matches_one_process_and_only_rank_zero_writes(tmp_path)
         assert (a["score"] - b["score"]).abs().max() < 1e-4
 
     # Two processes ran; the second (LOCAL_RANK 1) wrote nothing into the run folder.
-    records = read_records(tmp_path / "guard_ddp")
+    records = guard_module().read_records(tmp_path / "guard_ddp")
     starts = {r["pid"]: r for r in records if r["event"] == "start"}
     ranks = {pid: r["local_rank"] for pid, r in starts.items()}
     assert sorted(ranks.values(), key=str) == ["1", None]

@@ -177,11 +177,12 @@ def _main() -> None:
     if not folder:
         return
     _open_log(folder)
-    _record("start", argv=sys.argv)
+    _record("start", argv=getattr(sys, "orig_argv", sys.argv))
     if os.environ.get("GAZIMED_GUARD_NETWORK") == "1":
         install_network_guard()
     if os.environ.get("GAZIMED_GUARD_WRITES") == "1":
         sys.addaudithook(_audit)
 
 
-_main()
+if __name__ == "sitecustomize":  # at interpreter start, not when a test imports it
+    _main()
