@@ -142,9 +142,10 @@ def test_each_modality_encoded_once_per_forward(shared):
             calls[name] += 1
         return hook
 
-    net.mri_encoder.swin.register_forward_hook(count("mri"))
+    # Every Swin run starts with its patch embedding.
+    net.mri_encoder.swin.patch_embed.register_forward_hook(count("mri"))
     if net.pet_encoder is not None:
-        net.pet_encoder.swin.register_forward_hook(count("pet"))
+        net.pet_encoder.swin.patch_embed.register_forward_hook(count("pet"))
     with torch.no_grad():
         net(*net_inputs(tiny_batch()))
     assert calls == ({"mri": 2, "pet": 0} if shared else {"mri": 1, "pet": 1})
