@@ -143,17 +143,30 @@ def timed(func: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, A
             "min_s": min(times), "result": result}
 
 
-def rss_mb() -> float | None:
-    """Current resident set size of this process in MiB (Linux ``/proc``)."""
+def _status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
 
 
+def rss_mb() -> float | None:
+    """Current resident set size of this process in MiB (Linux ``/proc``)."""
+    return _status_mb("VmRSS")
+
+
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far in MiB (``ru_maxrss``, KiB on Linux)."""
+    """Peak resident set size of this process's memory image so far, in MiB.
+
+    ``VmHWM`` from ``/proc/self/status``: it starts afresh at ``exec``, whereas
+    ``ru_maxrss`` keeps the parent's resident size at ``fork`` (Linux carries it across
+    ``execve``), which would credit a worker with its parent's memory. ``ru_maxrss``
+    is the fallback where ``/proc`` is missing.
+    """
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

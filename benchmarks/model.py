@@ -2,8 +2,9 @@
 
 Each configuration (network size x variant x precision) runs in a fresh Python
 process (``python -m benchmarks.model --worker CONFIG``), so that its peak resident
-memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own; the process's
-memory after imports and before the network is built is recorded too. At ``tiny``
+memory (``VmHWM`` of ``/proc/self/status``, see :func:`benchmarks.common.peak_rss_mb`)
+is its own; the process's memory after imports, before the network is built, is
+recorded too. At ``tiny``
 size every configuration shares one process (its peak memory is then cumulative).
 
 A step is one forward and backward pass in training mode on random inputs (no
@@ -284,10 +285,10 @@ def run_model_suite(size: str, repeats: int, threads: int | None = None,
     configs = model_configs(size, repeats, threads, max_attention_gb)
     if SIZES[size]["isolate"]:
         records = [r for c in configs for r in _spawn([c], timeout)]
-        memory = "peak RSS (ru_maxrss) of a fresh process per configuration"
+        memory = "peak RSS (VmHWM) of a fresh process per configuration"
     else:
         records = _spawn(configs, timeout * len(configs))
-        memory = "peak RSS (ru_maxrss) of one process shared by all configurations (cumulative)"
+        memory = "peak RSS (VmHWM) of one process shared by all configurations (cumulative)"
     return {
         "method": "forward + backward in training mode on random inputs, no optimizer step; "
                   f"median of timed steps after warm-up; memory: {memory}; FLOPs from "
