@@ -9,8 +9,7 @@ same batch size, workers and ``pin_memory`` (those of the datamodule's own loade
   augmentation (``split_dataloader("train")``), and ``cached_aug``: its real
   ``train_dataloader`` with the preset's augmentation;
 - ``raw``: ``np.load`` of each cached ``.npy`` (float16, as stored) and collation,
-  nothing else: the ceiling for any loader reading that cache;
-- ``cached_torch``: a proposed change measured here only (:class:`TorchConvertDataset`).
+  nothing else: the ceiling for any loader reading that cache.
 
 Files are read from the page cache (one untimed pass first): this measures the CPU
 cost of the data path, not the disk. A second part times one epoch for nested
@@ -35,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.common import SIZES, timed
 
-__all__ = ["NaiveDataset", "RawDataset", "TorchConvertDataset", "run_data_suite"]
+__all__ = ["NaiveDataset", "RawDataset", "run_data_suite"]
 
 log = logging.getLogger(__name__)
 COHORT_SEED = 1234  # the demo cohort's seed: `make demo` / `gazimed-lab ablate` reuse it
@@ -98,38 +97,6 @@ class RawDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {"images": torch.from_numpy(np.load(self.paths[index]))}
-
-
-class TorchConvertDataset(Dataset):
-    """Proposed change, measured here only: the cached items with torch's float16 conversion.
-
-    Identical items to the datamodule's unaugmented ``VolumeDataset``, but the stored
-    float16 array is read whole and converted by ``Tensor.float()`` (vectorized)
-    instead of ``np.array(..., dtype=np.float32)`` (numpy converts half floats one
-    element at a time).
-
-    Parameters
-    ----------
-    like
-        The datamodule's ``VolumeDataset`` (cache paths, masks, features, targets).
-    """
-
-    def __init__(self, like: Any) -> None:
-        self.like = like
-
-    def __len__(self) -> int:
-        return len(self.like)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        like = self.like
-        return {
-            "images": torch.from_numpy(np.load(like.arrays[index])).float(),
-            "modality_mask": torch.from_numpy(like.modality_masks[index].copy()),
-            "clinical_features": torch.from_numpy(like.features[index].copy()),
-            "clinical_mask": torch.from_numpy(like.feature_mask[index].copy()),
-            "targets": torch.tensor(like.targets[index], dtype=torch.float32),
-            "subject_id": like.subject_ids[index],
-        }
 
 
 def _drain(loader: DataLoader) -> int:
@@ -205,8 +172,7 @@ def _throughput(label: str, preset: str, grid: str, cohort_n: int, n: int, worke
     if fresh:
         out["cache_build_s"] = round(build_s, 3)
         out["cache_builds"] = dm.cache.builds
-    loaders = {"naive": naive, "cached": cached, "raw": raw,
-               "cached_torch": _like(cached, TorchConvertDataset(train))}
+    loaders = {"naive": naive, "cached": cached, "raw": raw}
     augment = bool(cfg.data.augment)
     if augment:
         loaders["cached_aug"] = dm.train_dataloader()
@@ -216,7 +182,6 @@ def _throughput(label: str, preset: str, grid: str, cohort_n: int, n: int, worke
     rates = {k: out[k]["samples_per_s"] for k in loaders}
     out["cached_over_naive"] = round(rates["cached"] / rates["naive"], 2)
     out["cached_over_raw"] = round(rates["cached"] / rates["raw"], 3)
-    out["cached_torch_over_raw"] = round(rates["cached_torch"] / rates["raw"], 3)
     if augment:
         out["cached_aug_over_naive"] = round(rates["cached_aug"] / rates["naive"], 2)
     nifti = list(table["mri"]) + [p for p in table["pet"] if isinstance(p, str) and p]

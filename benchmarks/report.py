@@ -98,11 +98,9 @@ def render(results: dict[str, Any], markdown: bool = False) -> str:
         rows = [[t["grid"], t["train_subjects"], t["batch_size"], t["num_workers"],
                  t["naive"]["samples_per_s"], t["cached"]["samples_per_s"],
                  t.get("cached_aug", {}).get("samples_per_s"), t["raw"]["samples_per_s"],
-                 t["cached_over_naive"], t["cached_over_raw"],
-                 t.get("cached_torch", {}).get("samples_per_s")] for t in data["throughput"]]
+                 t["cached_over_naive"], t["cached_over_raw"]] for t in data["throughput"]]
         lines += _table(["grid", "subjects", "batch", "workers", "naive", "cached",
-                         "cached+aug", "raw read", "cached/naive", "cached/raw",
-                         "proposed: torch f16->f32"], rows, markdown)
+                         "cached+aug", "raw read", "cached/naive", "cached/raw"], rows, markdown)
     epochs = data.get("epochs") or {}
     if epochs.get("rows"):
         lines += ["", f"Epoch time ({epochs['preset']}; {epochs['cohort']}):"]

@@ -49,7 +49,7 @@ def test_tiny_suite_writes_complete_json(tmp_path: Path) -> None:
     data = results["data"]
     assert data["throughput"]
     for entry in data["throughput"]:
-        for loader in ("naive", "cached", "raw", "cached_torch"):
+        for loader in ("naive", "cached", "raw"):
             assert entry[loader]["samples"] == entry["train_subjects"] > 0
         assert "cached_aug" in entry  # cpu-demo augments (intensity and noise)
         numbers = _numbers(entry)

@@ -262,8 +262,9 @@ class VolumeDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (None, key)
-        array = np.load(self.arrays[index], mmap_mode="r")
-        image = torch.from_numpy(np.array(array, dtype=np.float32))
+        # torch converts float16 -> float32 vectorized; numpy does it element by element
+        # (3.8x more samples/s at 4 mm, 1.7x at 2 mm: README, Performance).
+        image = torch.from_numpy(np.load(self.arrays[index])).float()
         mask = torch.from_numpy(self.modality_masks[index].copy())
         if self.augment is not None:
             if epoch is not None:
