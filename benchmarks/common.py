@@ -55,6 +55,9 @@ SIZES: dict[str, dict[str, Any]] = {
         "train_epochs": True,
         "model": [
             ("cpu-demo", "cpu-demo", None, 8, 2, 5),
+            # batch 1: the reference design's all-stage dense fusion fits in memory here
+            # (about 12 GB with --max-attention-gb 14), so its speed can be measured.
+            ("cpu-demo-b1", "cpu-demo", None, 1, 1, 3),
             ("reference", "default", None, 1, 1, 1),
         ],
         "model_variants": ["ours", "ours_sdpa", "naive", "naive_all_stages"],
