@@ -69,7 +69,7 @@ class SubjectSampler(DistributedSampler):
                 f"`rank` must be in [0, num_replicas), got rank {rank} of {num_replicas}"
             )
         n = len(dataset)
-        if n < num_replicas:
+        if 0 < n < num_replicas:
             raise ValueError(
                 f"every process must get at least one subject, got {n} subjects for "
                 f"{num_replicas} processes; use fewer devices or a larger split"
