@@ -102,6 +102,8 @@ class OptimConfig:
     """Loss, optimizer and learning-rate schedule."""
 
     learning_rate: float = 1e-4
+    #: Learning-rate factor for the image branch (encoders, fusion); 1 = same rate.
+    image_lr_scale: float = 1.0
     weight_decay: float = 1e-2
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -311,6 +313,7 @@ def _validate(cfg: DictConfig) -> None:
         (cfg.optim.loss in ("mse", "mae", "huber", "bce", "weighted"), "optim.loss",
          "one of mse, mae, huber, bce, weighted", cfg.optim.loss),
         (0.0 < cfg.optim.threshold < 1.0, "optim.threshold", "in (0, 1)", cfg.optim.threshold),
+        (cfg.optim.image_lr_scale > 0, "optim.image_lr_scale", "> 0", cfg.optim.image_lr_scale),
         (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction", "in [0, 1)",
          cfg.data.val_fraction),
         (0.0 <= cfg.data.test_fraction < 1.0, "data.test_fraction", "in [0, 1)",

@@ -298,6 +298,49 @@ def test_param_groups_no_decay_on_norms_biases_tokens():
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
 
 
+def test_image_lr_scale_gives_the_image_branch_its_own_rate():
+    from types import SimpleNamespace
+
+    from gazimed_lab.models import build_optimizer
+
+    net = MultimodalAlzheimersNet(in_channels=2, **TINY)
+    names = {id(p): n for n, p in net.named_parameters()}
+    groups = {g["name"]: g for g in param_groups(net, 0.01, lr=1e-3, image_lr_scale=4.0)}
+    assert list(groups) == ["decay", "no_decay", "image_decay", "image_no_decay"]
+    group_names = {k: {names[id(p)] for p in g["params"]} for k, g in groups.items()}
+    image_prefixes = ("mri_encoder.", "pet_encoder.", "fusion.", "image_norm.")
+    assert all(n.startswith(image_prefixes) for k in ("image_decay", "image_no_decay")
+               for n in group_names[k])
+    assert all(n.startswith(("clinical_encoder.", "head.")) for k in ("decay", "no_decay")
+               for n in group_names[k])
+    assert "fusion.absent_token" in group_names["image_no_decay"]
+    assert "fusion.mri_proj.0.weight" in group_names["image_decay"]
+    # still no decay on norms and biases, in both branches
+    for key in ("decay", "image_decay"):
+        assert all(not n.endswith(".bias") and "norm" not in n for n in group_names[key])
+        assert groups[key]["weight_decay"] == 0.01
+    for key in ("no_decay", "image_no_decay"):
+        assert groups[key]["weight_decay"] == 0.0
+    assert groups["decay"]["lr"] == groups["no_decay"]["lr"] == pytest.approx(1e-3)
+    assert groups["image_decay"]["lr"] == groups["image_no_decay"]["lr"] == pytest.approx(4e-3)
+    assert sum(len(v) for v in group_names.values()) == len(list(net.parameters()))
+    # scale 1 keeps the two plain groups; a scale <= 0 is refused
+    assert [g["name"] for g in param_groups(net, 0.01, image_lr_scale=1.0)] == [
+        "decay", "no_decay"]
+    with pytest.raises(ValueError, match="image_lr_scale"):
+        param_groups(net, 0.01, image_lr_scale=0.0)
+    # the schedule scales every group by the same factor
+    optim = SimpleNamespace(learning_rate=1e-3, image_lr_scale=4.0, weight_decay=0.01,
+                            betas=[0.9, 0.999], eps=1e-8, warmup_epochs=1, min_lr=1e-5)
+    opt, sched = build_optimizer(net, optim, total_steps=20, steps_per_epoch=5)
+    for _ in range(12):
+        opt.step()
+        sched.step()
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["image_decay"] == pytest.approx(4 * lrs["decay"])
+    assert lrs["decay"] == pytest.approx(WarmupCosine(5, 20, 1e-3, 1e-5).lr(12))
+
+
 def test_warmup_then_cosine_at_known_steps():
     sched = WarmupCosine(warmup_steps=10, total_steps=110, base_lr=1e-3, min_lr=1e-5)
     assert sched.lr(0) == pytest.approx(1e-4)

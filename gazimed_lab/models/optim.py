@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["NO_DECAY_KEYWORDS", "WarmupCosine", "build_optimizer", "param_groups"]
+__all__ = [
+    "IMAGE_MODULES", "NO_DECAY_KEYWORDS", "WarmupCosine", "build_optimizer", "param_groups",
+]
 
 #: Parameter names that never get weight decay (tokens, position tables, embeddings).
 NO_DECAY_KEYWORDS = ("token", "pos_embed", "relative_position_bias_table", "position_embedding")
@@ -18,14 +21,49 @@ _NO_DECAY_MODULES = (
 )
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: ``decay`` (weights) and ``no_decay``.
+#: Top-level submodules of :class:`~gazimed_lab.models.network.MultimodalAlzheimersNet`
+#: that make the image branch (what ``optim.image_lr_scale`` applies to).
+IMAGE_MODULES = ("mri_encoder", "pet_encoder", "pet_adapter", "fusion", "image_norm")
+
+
+def param_groups(
+    module: nn.Module,
+    weight_decay: float,
+    lr: float | None = None,
+    image_lr_scale: float = 1.0,
+    image_modules: Sequence[str] = IMAGE_MODULES,
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups: ``decay`` (weights) and ``no_decay``, per learning rate.
 
     No decay on biases, normalization and embedding parameters, and on
     parameters whose name contains one of :data:`NO_DECAY_KEYWORDS`.
+
+    Parameters
+    ----------
+    module
+        The network.
+    weight_decay
+        Decay of the ``decay`` groups.
+    lr
+        Base learning rate. When given, every group carries its own ``lr``.
+    image_lr_scale
+        Learning-rate factor for the parameters under ``image_modules``. With a
+        factor other than 1 there are four groups: ``decay`` / ``no_decay`` (the
+        clinical encoder and the head, at ``lr``) and ``image_decay`` /
+        ``image_no_decay`` (at ``lr * image_lr_scale``); with 1, two groups.
+    image_modules
+        Names of the top-level submodules that make the image branch.
+
+    Returns
+    -------
+    list of dict
+        Groups with ``params``, ``weight_decay``, ``name`` (and ``lr`` when given).
     """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+    if image_lr_scale <= 0:
+        raise ValueError(f"`optim.image_lr_scale` must be > 0, got {image_lr_scale}")
+    split_image = float(image_lr_scale) != 1.0
+    groups: dict[str, list[nn.Parameter]] = {
+        "decay": [], "no_decay": [], "image_decay": [], "image_no_decay": []}
     seen: set[int] = set()
     for module_name, sub in module.named_modules():
         for name, param in sub.named_parameters(recurse=False):
@@ -39,11 +77,21 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
                 or param.ndim <= 1
                 or any(key in full for key in NO_DECAY_KEYWORDS)
             )
-            (no_decay if skip else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": float(weight_decay), "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-    ]
+            image = split_image and full.split(".", 1)[0] in image_modules
+            groups[("image_" if image else "") + ("no_decay" if skip else "decay")].append(param)
+    out = []
+    for key in ("decay", "no_decay", "image_decay", "image_no_decay"):
+        if key.startswith("image_") and not split_image:
+            continue
+        group: dict[str, Any] = {
+            "params": groups[key],
+            "weight_decay": 0.0 if key.endswith("no_decay") else float(weight_decay),
+            "name": key,
+        }
+        if lr is not None:
+            group["lr"] = float(lr) * (float(image_lr_scale) if key.startswith("image_") else 1.0)
+        out.append(group)
+    return out
 
 
 class WarmupCosine:
@@ -94,10 +142,14 @@ def build_optimizer(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW + per-step :class:`WarmupCosine` ``LambdaLR`` from an ``optim`` config section.
 
-    ``warmup_steps = optim.warmup_epochs * steps_per_epoch``.
+    ``warmup_steps = optim.warmup_epochs * steps_per_epoch``. The image branch
+    (:data:`IMAGE_MODULES`) learns at ``optim.image_lr_scale`` times the base rate; the
+    schedule multiplies every group's rate by the same factor, so its warmup, peak and
+    cosine floor are ``image_lr_scale`` times those of the other groups.
     """
     optimizer = torch.optim.AdamW(
-        param_groups(module, optim.weight_decay),
+        param_groups(module, optim.weight_decay, lr=float(optim.learning_rate),
+                     image_lr_scale=float(getattr(optim, "image_lr_scale", 1.0))),
         lr=float(optim.learning_rate),
         betas=(float(optim.betas[0]), float(optim.betas[1])),
         eps=float(optim.eps),
