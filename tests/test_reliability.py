@@ -181,6 +181,7 @@ STANDARDIZE_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # two spawned processes: about 20 s
 def test_standardize_statistics_span_processes(tmp_path):
     import socket
 
