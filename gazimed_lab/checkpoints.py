@@ -16,13 +16,14 @@ from typing import Any
 import torch
 
 from gazimed_lab.config import config_from_dict, config_to_dict
+from gazimed_lab.models.lightning import AlzheimersLightningModule
 
 __all__ = [
     "CheckpointError",
     "check_resumable",
     "checkpoint_config",
     "config_differences",
-    "load_model",
+    "load_checkpoint",
     "read_checkpoint",
 ]
 
@@ -125,14 +126,12 @@ def check_resumable(cfg: Any, path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def load_model(path: str | Path) -> Any:
+def load_checkpoint(path: str | Path) -> AlzheimersLightningModule:
     """Rebuild an ``AlzheimersLightningModule`` from a checkpoint alone (CPU, eval mode).
 
     Equivalent to Lightning's ``load_from_checkpoint``, with the safe read above and
     a clear error when the weights do not fit the saved config.
     """
-    from gazimed_lab.models.lightning import AlzheimersLightningModule
-
     ckpt = read_checkpoint(path)
     model = AlzheimersLightningModule(config_from_dict(checkpoint_config(ckpt, path)))
     try:

@@ -17,7 +17,7 @@ import pandas as pd
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from gazimed_lab.checkpoints import check_resumable, load_model
+from gazimed_lab.checkpoints import check_resumable, load_checkpoint
 from gazimed_lab.config import load_config
 from gazimed_lab.data.datamodule import MNIDataModule
 from gazimed_lab.evaluation import binary_metrics, write_metrics_json, youden_threshold
@@ -109,14 +109,6 @@ def _predictions_table(
             f"predictions must cover every {split} subject, got {len(table)} of {len(subjects)}"
         )
     return table
-
-
-def load_checkpoint(path: str | Path) -> AlzheimersLightningModule:
-    """Load a trained model on CPU in eval mode (the config comes from the checkpoint).
-
-    Read with ``weights_only=True`` (see :mod:`gazimed_lab.checkpoints`).
-    """
-    return load_model(path)
 
 
 def _predict_records(model: pl.LightningModule, loader: Any) -> list[dict[str, Any]]:

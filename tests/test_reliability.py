@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import GUARD, cohort_config, guard_module, make_tiny_cohort
 
-from gazimed_lab.checkpoints import CheckpointError, load_model, read_checkpoint
+from gazimed_lab.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
 from gazimed_lab.cli import main
 from gazimed_lab.config import save_config
 from gazimed_lab.runner import predict_manifest, train_and_evaluate
@@ -220,7 +220,7 @@ def test_checkpoint_with_pickled_code_is_refused(finished_run, tmp_path):
     evil = tmp_path / "evil.ckpt"
     torch.save(ckpt, evil)
     with pytest.raises(CheckpointError, match=r"weights_only=True, so no pickled code runs.*evil"):
-        load_model(evil)
+        load_checkpoint(evil)
 
 
 @pytest.mark.slow
@@ -234,7 +234,7 @@ def test_truncated_or_foreign_checkpoint_is_named(finished_run, tmp_path):
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}, "epoch": 3}, foreign)
     with pytest.raises(CheckpointError, match=r"gazimed-lab checkpoint.*'epoch'.*foreign"):
-        load_model(foreign)
+        load_checkpoint(foreign)
 
 
 @pytest.mark.slow
@@ -245,7 +245,7 @@ def test_weights_that_do_not_fit_their_config_are_named(finished_run, tmp_path):
     bad = tmp_path / "bad.ckpt"
     torch.save(ckpt, bad)
     with pytest.raises(CheckpointError, match=r"weights must fit the config.*bad\.ckpt"):
-        load_model(bad)
+        load_checkpoint(bad)
 
 
 @pytest.mark.slow

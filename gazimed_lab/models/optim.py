@@ -149,7 +149,7 @@ def build_optimizer(
     """
     optimizer = torch.optim.AdamW(
         param_groups(module, optim.weight_decay, lr=float(optim.learning_rate),
-                     image_lr_scale=float(getattr(optim, "image_lr_scale", 1.0))),
+                     image_lr_scale=float(optim.image_lr_scale)),
         lr=float(optim.learning_rate),
         betas=(float(optim.betas[0]), float(optim.betas[1])),
         eps=float(optim.eps),
