@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from gazimed_lab import evaluation as ev
 from gazimed_lab import viz
 from gazimed_lab.data.grid import get_grid, template_on_grid
+from gazimed_lab.data.images import ImageError
 from gazimed_lab.viz import slices
 
 PNG_MAGIC = b"\x89PNG"
@@ -228,14 +229,48 @@ def test_slice_orientation_puts_subject_left_on_image_left(tmp_path):
 
 
 def test_image_inputs_are_checked(tmp_path, images):
-    with pytest.raises(FileNotFoundError, match=r"missing\.nii\.gz"):
-        viz.plot_orthogonal(tmp_path / "missing.nii.gz")
+    # One loader (gazimed_lab.data.images.read_nifti): its ImageError names what and where.
+    missing = tmp_path / "missing.nii.gz"
+    with pytest.raises(ImageError, match=r"`image` must be an existing NIfTI file, got a "
+                       r"missing path \(.*missing\.nii\.gz\)"):
+        viz.plot_orthogonal(missing)
+    with pytest.raises(ImageError, match=r"`pet` must be an existing NIfTI file.*missing\.nii"):
+        viz.plot_pet_on_mri(images["mri"], missing)
+    not_nifti = tmp_path / "notes.nii.gz"
+    not_nifti.write_text("not an image")
+    with pytest.raises(ImageError, match=r"`overlay` must be a NIfTI file .*notes\.nii\.gz"):
+        viz.plot_slice(images["mri"], overlay=not_nifti)
     four_d = nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), np.eye(4))
-    with pytest.raises(ValueError, match="must be a 3D image"):
+    with pytest.raises(ImageError, match=r"`image` must be a 3D volume \(or 4D with a single "
+                       r"frame\), got a 4D volume of shape \(4, 4, 4, 2\) \(in-memory image\)"):
         viz.plot_slice(four_d)
+    with pytest.raises(ImageError, match=r"`image` must be a NIfTI path or a nibabel image, "
+                       r"got ndarray"):
+        slices.slice_count(np.zeros((4, 4, 4)))
     fig = viz.plot_slice(images["mri"], axis="coronal", coord=-20.0, overlay=images["pet"])
     assert "y = -18 mm" in fig.axes[0].get_title() or "y = -22 mm" in fig.axes[0].get_title()
     assert len(fig.axes[0].images) == 2
+
+
+def test_as_image_reads_through_the_data_loader(tmp_path, images):
+    # int16 with a scale factor on disk: the voxels come back scaled, as float32.
+    raw = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6, 1)
+    scaled = nib.Nifti1Image(raw, GRID.affine)
+    scaled.header.set_slope_inter(0.5, 1.0)
+    path = tmp_path / "scaled.nii.gz"
+    nib.save(scaled, str(path))
+    img = slices.as_image(path)
+    assert isinstance(img, nib.Nifti1Image) and img.shape == (4, 5, 6)  # one frame squeezed
+    assert img.get_data_dtype() == np.float32
+    np.testing.assert_allclose(img.get_fdata(), raw[..., 0] * 0.5 + 1.0)
+    np.testing.assert_allclose(img.affine, GRID.affine)
+    # Values are not judged (NaN can be drawn), and an in-memory image is not aliased.
+    data = np.full((3, 3, 3), np.nan, np.float32)
+    source = nib.Nifti1Image(data, np.eye(4))
+    out = slices.as_image(source)
+    assert np.isnan(out.get_fdata()).all()
+    np.asarray(out.dataobj)[0, 0, 0] = 7.0
+    assert np.isnan(data[0, 0, 0])
 
 
 # --------------------------------------------------------------- widgets

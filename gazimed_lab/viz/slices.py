@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 from scipy import ndimage
 
 from gazimed_lab.data.grid import Grid, get_grid, template_on_grid
+from gazimed_lab.data.images import read_nifti
 from gazimed_lab.viz._figures import save_figure
 
 __all__ = [
@@ -43,31 +44,36 @@ AXIS_NAMES = ("sagittal", "coronal", "axial")
 
 
 def as_image(img: ImageLike, what: str = "image") -> nib.Nifti1Image:
-    """Load a path or pass a nibabel image through; 4D images must have one frame.
+    """Read a path or a nibabel image into a 3D float32 image held in memory.
+
+    The volume is read by :func:`gazimed_lab.data.images.read_nifti`, the loader
+    every image of the workbench goes through; voxel values are not judged (a
+    volume with NaN or all zeros can still be drawn). A 4D image with a single
+    frame is squeezed to 3D.
+
+    Parameters
+    ----------
+    img
+        Path to a ``.nii``/``.nii.gz`` file or a nibabel image.
+    what
+        Name of the image in messages, e.g. ``"pet"``.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        The voxels (float32) with the source affine and header.
 
     Raises
     ------
-    FileNotFoundError
-        If a path does not exist.
-    ValueError
-        If the file is not a readable 3D NIfTI image.
+    gazimed_lab.data.images.ImageError
+        A ``ValueError`` naming the file: missing, not NIfTI, truncated, not 3D
+        (or 4D with one frame), or with an unusable affine.
     """
-    if isinstance(img, (str, Path)):
-        path = Path(img)
-        if not path.exists():
-            raise FileNotFoundError(f"`{what}` must be an existing NIfTI file, got {path}")
-        try:
-            img = nib.load(str(path))
-        except Exception as exc:
-            raise ValueError(f"`{what}` must be a readable NIfTI file, got {exc} ({path})") from exc
-    if not isinstance(img, nib.spatialimages.SpatialImage):
-        raise TypeError(f"`{what}` must be a nibabel image or a path, got {type(img).__name__}")
-    shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        img = nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine, img.header)
-    elif len(shape) != 3:
-        raise ValueError(f"`{what}` must be a 3D image, got shape {shape}")
-    return img  # type: ignore[return-value]
+    image, data = read_nifti(img, what)
+    header = image.header.copy() if isinstance(image, nib.Nifti1Pair) else None
+    out = nib.Nifti1Image(data, image.affine, header)
+    out.set_data_dtype(np.float32)
+    return out
 
 
 def _canonical(img: ImageLike, what: str) -> tuple[np.ndarray, np.ndarray]:
