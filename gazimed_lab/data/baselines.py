@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 from gazimed_lab.data.grid import GRIDS, Grid, get_grid, template_on_grid
+from gazimed_lab.data.images import ImageError, describe_image, load_volume, problem
+from gazimed_lab.data.manifest import read_manifest, row_location
 from gazimed_lab.data.synthetic_images import region_mask
 
 __all__ = [
@@ -151,6 +153,10 @@ def _manifest_grid(img: nib.Nifti1Image) -> Grid:
 def baseline_aucs(manifest: str | Path, seed: int = 0) -> dict[str, Any]:
     """Cross-validated AUC (target > 0.5) of logistic regression on three feature sets.
 
+    The manifest is read by :func:`~gazimed_lab.data.manifest.read_manifest` (its
+    clinical columns are the features) and each volume by
+    :func:`~gazimed_lab.data.images.load_volume`.
+
     Parameters
     ----------
     manifest
@@ -167,34 +173,46 @@ def baseline_aucs(manifest: str | Path, seed: int = 0) -> dict[str, Any]:
 
     Raises
     ------
+    ManifestError
+        If the manifest is not valid (e.g. a missing image file), naming each row.
+    ImageError
+        If a volume cannot be read or is not on the first MRI's grid, naming the file
+        and the row.
     ValueError
-        If a class has fewer than 2 subjects or an image is not on the first image's grid.
+        If a class has fewer than 2 subjects.
     """
-    manifest = Path(manifest)
-    table = pd.read_csv(manifest, keep_default_na=True)
-    root = manifest.parent
+    cohort = read_manifest(manifest, check_images=False)
+    table = cohort.table
     grid: Grid | None = None
     rows = []
-    for row, (mri_rel, pet_rel) in enumerate(zip(table["mri"], table["pet"].fillna(""))):
-        for column, rel in (("mri", mri_rel), ("pet", pet_rel)):
-            if rel and not (root / rel).is_file():
-                raise FileNotFoundError(f"`{column}` must name an existing file, got "
-                                        f"{root / rel} (row {row + 2} of {manifest})")
-        mri = nib.load(root / mri_rel)
-        grid = grid or _manifest_grid(mri)
-        pet = nib.load(root / pet_rel) if pet_rel else None
-        for img, rel in ((mri, mri_rel), (pet, pet_rel)):
-            if img is not None and not grid.matches(img.shape, img.affine):
-                raise ValueError(f"image must lie on the grid {grid.shape}, got shape "
-                                 f"{img.shape} ({root / rel})")
-        rows.append(regional_features(mri, pet, grid))
-    return baselines_from_tables(table, pd.DataFrame(rows), seed)
+    for i, (sid, mri_path, pet_path) in enumerate(zip(table["subject_id"], table["mri"],
+                                                       table["pet"])):
+        volumes: dict[str, nib.Nifti1Image | None] = {"pet": None}
+        for column, path in (("mri", mri_path), ("pet", pet_path)):
+            if not path:  # no PET ("" in the cohort table)
+                continue
+            where = row_location(i + 1, sid, path)
+            image = volumes[column] = load_volume(path, column, where)
+            grid = grid or _manifest_grid(image)
+            if not grid.matches(image.shape, image.affine):
+                expected = f"on the first MRI's grid {describe_image(grid.shape, grid.affine)}"
+                raise ImageError(problem(column, expected,
+                                         describe_image(image.shape, image.affine), where,
+                                         "conform every volume to one MNI grid"))
+        assert grid is not None and volumes["mri"] is not None  # every row has an MRI
+        rows.append(regional_features(volumes["mri"], volumes["pet"], grid))
+    return baselines_from_tables(table, pd.DataFrame(rows), seed,
+                                 columns=cohort.clinical_columns)
 
 
-def baselines_from_tables(table: pd.DataFrame, image: pd.DataFrame, seed: int = 0
-                          ) -> dict[str, Any]:
-    """:func:`baseline_aucs` from a manifest table and its :func:`regional_features` rows."""
-    clin = table[clinical_columns(table)].to_numpy(np.float64)
+def baselines_from_tables(table: pd.DataFrame, image: pd.DataFrame, seed: int = 0,
+                          columns: Sequence[str] | None = None) -> dict[str, Any]:
+    """:func:`baseline_aucs` from a manifest table and its :func:`regional_features` rows.
+
+    ``columns`` are the clinical features; by default :func:`clinical_columns` of ``table``.
+    """
+    names = clinical_columns(table) if columns is None else list(columns)
+    clin = table[names].to_numpy(np.float64)
     img = image.to_numpy(np.float64)
     y = table["target"].to_numpy(np.float64) > 0.5
     aucs = cv_aucs({"clinical": clin, "image": img, "both": np.hstack([clin, img])}, y, seed)

@@ -1,0 +1,91 @@
+"""Baselines read the cohort like the workbench does: read_manifest, then load_volume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import write_nifti
+
+from gazimed_lab.data.baselines import (
+    BASELINE_REGIONS,
+    baseline_aucs,
+    baselines_from_tables,
+    regional_features,
+)
+from gazimed_lab.data.grid import get_grid
+from gazimed_lab.data.images import ImageError
+from gazimed_lab.data.manifest import ManifestError, read_manifest
+
+
+def _edit(manifest: Path, **columns: object) -> pd.DataFrame:
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    for name, values in columns.items():
+        table[name] = values
+    table.to_csv(manifest, index=False)
+    return table
+
+
+def test_features_are_the_manifest_clinical_columns(tiny_cohort: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # An empty column and a text column are not clinical features (read_manifest decides);
+    # relative image paths start at the manifest's folder, whatever the working directory.
+    _edit(tiny_cohort, unused="", notes="seen at clinic")
+    monkeypatch.chdir(tmp_path)
+    cohort = read_manifest(tiny_cohort, check_images=False)
+    assert cohort.clinical_columns == ["age", "feat_0", "feat_1", "feat_2", "feat_3", "feat_4"]
+    assert not cohort.has_pet.all()  # sub-003 has no PET: its PET features are NaN
+
+    result = baseline_aucs(tiny_cohort, seed=3)
+
+    assert (result["n_subjects"], result["n_positive"]) == (16, 5)
+    assert result["n_clinical"] == 6 and result["n_image"] == 2 * len(BASELINE_REGIONS)
+    assert result["cv"].endswith("seed 3")
+    # The same numbers as the tables built by hand from the cohort and its volumes.
+    grid = get_grid("demo_4mm")
+    rows = [regional_features(nib.load(mri), nib.load(pet) if pet else None, grid)
+            for mri, pet in zip(cohort.table["mri"], cohort.table["pet"])]
+    expected = baselines_from_tables(cohort.table, pd.DataFrame(rows), seed=3,
+                                     columns=cohort.clinical_columns)
+    for key in ("clinical", "image", "both"):
+        assert result[key] == pytest.approx(expected[key], abs=1e-12)
+        assert 0.5 < result[key] <= 1.0  # the tiny cohort's GM loss and features carry signal
+
+
+def test_bad_manifest_cells_are_named(tiny_cohort: Path) -> None:
+    table = _edit(tiny_cohort)
+    table.loc[4, "feat_2"] = "n/a?"
+    table.to_csv(tiny_cohort, index=False)
+    with pytest.raises(ManifestError, match=r"`feat_2` must be a finite number or an empty "
+                       r"cell, got `n/a\?` \(row 5, subject `sub-004`\)"):
+        baseline_aucs(tiny_cohort)
+
+
+def test_missing_image_names_file_and_row(tiny_cohort: Path) -> None:
+    missing = tiny_cohort.parent / "mri" / "sub-001_T1w.nii.gz"
+    missing.unlink()
+    with pytest.raises(ManifestError, match=r"`mri` must be an existing NIfTI file, got a "
+                       r"missing path \(.*sub-001_T1w\.nii\.gz; row 2, subject `sub-001`\)"):
+        baseline_aucs(tiny_cohort)
+
+
+def test_unreadable_image_names_file_and_row(tiny_cohort: Path) -> None:
+    (tiny_cohort.parent / "pet" / "sub-004_pet.nii.gz").write_bytes(b"not a NIfTI file")
+    with pytest.raises(ImageError, match=r"`pet` must be a NIfTI file .*sub-004_pet\.nii\.gz; "
+                       r"row 5, subject `sub-004`\)"):
+        baseline_aucs(tiny_cohort)
+
+
+def test_image_off_the_first_grid_names_file_and_row(tiny_cohort: Path) -> None:
+    grid = get_grid("demo_4mm")
+    shifted = grid.affine.copy()
+    shifted[:3, 3] += 4.0
+    write_nifti(tiny_cohort.parent / "pet" / "sub-006_pet.nii.gz",
+                np.ones(grid.shape, np.float32), shifted)
+    with pytest.raises(ImageError, match=r"`pet` must be on the first MRI's grid "
+                       r"\(40, 48, 40\) 4x4x4 mm .*sub-006_pet\.nii\.gz; row 7, subject "
+                       r"`sub-006`\); fix: conform"):
+        baseline_aucs(tiny_cohort)
