@@ -18,7 +18,7 @@ import pandas as pd
 
 from gazimed_lab.data.grid import GRIDS, Grid, get_grid, template_on_grid
 from gazimed_lab.data.images import ImageError, describe_image, load_volume, problem
-from gazimed_lab.data.manifest import read_manifest, row_location
+from gazimed_lab.data.manifest import RESERVED_COLUMNS, read_manifest, row_location
 from gazimed_lab.data.synthetic_images import region_mask
 
 __all__ = [
@@ -32,8 +32,6 @@ __all__ = [
     "regional_features",
 ]
 
-#: Columns that are never clinical features (identifiers, paths, target, labels).
-RESERVED_COLUMNS = ("subject_id", "mri", "pet", "target", "diagnosis", "site", "sex", "split")
 #: MNI regions whose mean intensity makes the image baseline's features.
 BASELINE_REGIONS = ("hippocampus", "entorhinal", "amygdala", "lateral_ventricles",
                     "posterior_cingulate", "temporoparietal", "lateral_temporal", "occipital")
@@ -48,7 +46,10 @@ REFERENCE_BASELINES: dict[str, Any] = {
 
 
 def clinical_columns(table: pd.DataFrame) -> list[str]:
-    """Every numeric column of a manifest table except the reserved ones (age included)."""
+    """Every numeric column of a manifest table except the reserved ones (age included).
+
+    Reserved columns are :data:`gazimed_lab.data.manifest.RESERVED_COLUMNS`.
+    """
     return [c for c in table.columns
             if c not in RESERVED_COLUMNS and pd.api.types.is_numeric_dtype(table[c])]
 
