@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
+from gazimed_lab.config import DataConfig, SystemConfig
+
 __all__ = [
     "SPLIT_COLUMNS",
     "SPLIT_NAMES",
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "val", "test")
 #: Columns written to ``run_dir/splits/<name>.csv`` (those present in the table).
 SPLIT_COLUMNS = ("subject_id", "target", "diagnosis", "site", "age", "sex")
+# make_splits' defaults are the config's (typed once, in gazimed_lab/config.py).
+_DATA, _SYSTEM = DataConfig(), SystemConfig()
 
 
 class SplitError(ValueError):
@@ -129,11 +133,11 @@ def _fixed_splits(table: pd.DataFrame, manifest: str) -> dict[str, pd.DataFrame]
 
 def make_splits(
     table: pd.DataFrame,
-    seed: int = 42,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    n_folds: int = 0,
-    fold: int = 0,
+    seed: int = _SYSTEM.seed,
+    val_fraction: float = _DATA.val_fraction,
+    test_fraction: float = _DATA.test_fraction,
+    n_folds: int = _DATA.n_folds,
+    fold: int = _DATA.fold,
     manifest: str = "manifest",
 ) -> dict[str, pd.DataFrame]:
     """Split a cohort table into train / val / test at subject level.
@@ -146,11 +150,14 @@ def make_splits(
         when filled in it is used as is).
     seed
         Random seed; equal seeds give equal splits (independent of row order).
+        Default: ``system.seed`` of the config.
     val_fraction, test_fraction
         Fractions of all subjects for val and test (rounded to whole subjects).
+        Defaults: ``data.val_fraction`` and ``data.test_fraction`` of the config.
     n_folds, fold
         With ``n_folds > 1`` the test set is held out first, then fold ``fold``
-        of a stratified k-fold over the remaining subjects is the val set.
+        of a stratified k-fold over the remaining subjects is the val set
+        (defaults: the config's, k-fold off).
     manifest
         Name used in error messages.
 

@@ -24,6 +24,7 @@ from monai.transforms import (
 )
 from torch.utils.data import Dataset
 
+from gazimed_lab.config import DataConfig
 from gazimed_lab.data.grid import Grid
 from gazimed_lab.data.images import ImageError, check_same_space, conform_to_grid, load_volume
 from gazimed_lab.data.normalize import normalize_mri, normalize_pet, pet_minus_mri
@@ -38,6 +39,7 @@ __all__ = [
 
 #: Name of the MRI normalization, part of the cache key.
 MRI_NORMALIZATION = "zscore_brain_mask"
+_DATA = DataConfig()  # TrainAugment's defaults are the config's ``aug_*`` (typed once)
 
 
 def _named(func: Any, where: str, *args: Any) -> np.ndarray:
@@ -114,7 +116,8 @@ class TrainAugment:
 
     Each transform fires with probability ``prob``. The affine is applied to
     all channels jointly; intensity changes are drawn per channel. PET
-    channels of a subject without PET are zero again afterwards.
+    channels of a subject without PET are zero again afterwards. The defaults
+    are the ``aug_*`` fields of :class:`~gazimed_lab.config.DataConfig`.
 
     Parameters
     ----------
@@ -144,12 +147,12 @@ class TrainAugment:
 
     def __init__(
         self,
-        prob: float = 0.5,
-        rotate_deg: float = 5.0,
-        scale: float = 0.05,
-        translate_vox: float = 2.0,
-        intensity: float = 0.1,
-        noise_std: float = 0.02,
+        prob: float = _DATA.aug_prob,
+        rotate_deg: float = _DATA.aug_rotate_deg,
+        scale: float = _DATA.aug_scale,
+        translate_vox: float = _DATA.aug_translate_vox,
+        intensity: float = _DATA.aug_intensity,
+        noise_std: float = _DATA.aug_noise_std,
         padding_mode: str = "zeros",
         seed: int = 0,
         spatial_size: tuple[int, int, int] | None = None,

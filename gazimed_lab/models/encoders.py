@@ -17,9 +17,12 @@ import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
+from gazimed_lab.config import ModelConfig
+
 __all__ = ["SwinImageEncoder", "check_triple", "padded_grid"]
 
 N_STAGES = 4  # MONAI's SwinTransformer always builds four stages (five outputs)
+_MODEL = ModelConfig()  # the defaults below are the config's (typed once, in config.py)
 
 
 def check_triple(name: str, value: Sequence[int] | None) -> tuple[int, int, int]:
@@ -64,8 +67,9 @@ class SwinImageEncoder(nn.Module):
     img_size
         Spatial size ``(D, H, W)`` of the input volumes.
     patch_size, embed_dim, depths, num_heads, window_size
-        Swin settings; the reference design uses patch 4, embed 96, depths
-        ``[2, 2, 6, 2]``, heads ``[3, 6, 12, 24]``, window 7.
+        Swin settings; the defaults are those of
+        :class:`~gazimed_lab.config.ModelConfig` (the reference design: patch 4,
+        embed 96, depths ``[2, 2, 6, 2]``, heads ``[3, 6, 12, 24]``, window 7).
     drop_path_rate
         Stochastic depth rate.
     use_checkpoint
@@ -91,11 +95,11 @@ class SwinImageEncoder(nn.Module):
         self,
         in_channels: int,
         img_size: Sequence[int],
-        patch_size: Sequence[int] = (4, 4, 4),
-        embed_dim: int = 96,
-        depths: Sequence[int] = (2, 2, 6, 2),
-        num_heads: Sequence[int] = (3, 6, 12, 24),
-        window_size: Sequence[int] = (7, 7, 7),
+        patch_size: Sequence[int] = tuple(_MODEL.patch_size),
+        embed_dim: int = _MODEL.embed_dim,
+        depths: Sequence[int] = tuple(_MODEL.depths),
+        num_heads: Sequence[int] = tuple(_MODEL.num_heads),
+        window_size: Sequence[int] = tuple(_MODEL.window_size),
         drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
         n_outputs: int = N_STAGES + 1,
