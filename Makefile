@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.gazimed-setup
 KERNEL := gazimed-lab
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint lab clean-cache
+.PHONY: setup demo test test-fast lint typecheck lab clean-cache
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check gazimed_lab tests benchmarks
+
+typecheck: setup
+	$(BIN)/mypy gazimed_lab
 
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=notebooks

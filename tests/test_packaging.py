@@ -50,6 +50,23 @@ def test_makefile_has_the_readme_commands_and_ci_calls_make_test():
     assert "make demo" in readme and "make test" in readme
 
 
+def test_dev_tools_are_pinned_and_ci_lints_and_type_checks_first():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    dev = [_name(r) for r in project["optional-dependencies"]["dev"]]
+    assert {"pytest", "ruff", "mypy"} <= set(dev)
+    lock = {_name(line.split("==")[0]) for line in
+            (REPO / "requirements-lock.txt").read_text().splitlines() if "==" in line}
+    assert not [d for d in dev if d not in lock], "the lock must pin the dev tools"
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^lint: setup\n\t\$\(BIN\)/ruff check gazimed_lab", makefile, re.M)
+    assert re.search(r"^typecheck: setup\n\t\$\(BIN\)/mypy gazimed_lab", makefile, re.M)
+    steps = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()
+             if "make " in line and not line.lstrip().startswith("#")]
+    assert [s.split("make ")[1] for s in steps][:3] == ["lint", "typecheck", "test"], steps
+    mypy = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert mypy["python_version"] == "3.11" and mypy["ignore_missing_imports"] is True
+
+
 def test_presets_and_type_marker_ship_as_package_data():
     assert (REPO / "gazimed_lab" / "py.typed").exists()
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
