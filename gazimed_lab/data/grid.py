@@ -99,7 +99,7 @@ def get_grid(
             raise ValueError(f"`grid_affine` must be an invertible 4x4 matrix, got {aff.tolist()}")
         return Grid(
             name if name not in GRIDS else "custom",
-            shape_t,  # type: ignore[arg-type]
+            shape_t,
             tuple(tuple(float(v) for v in row) for row in aff),
         )
     if name not in GRIDS:

@@ -92,7 +92,7 @@ def describe_image(shape: tuple[int, ...], affine: np.ndarray) -> str:
 
 
 def read_nifti(img: ImageInput, what: str = "image", where: str | None = None
-               ) -> tuple[nib.Nifti1Image, np.ndarray]:
+               ) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
     """Read a volume and its voxels without judging the voxel values.
 
     File-level problems raise; values (NaN, all zero) are left to the caller,
@@ -109,9 +109,9 @@ def read_nifti(img: ImageInput, what: str = "image", where: str | None = None
 
     Returns
     -------
-    tuple of (nibabel.Nifti1Image, numpy.ndarray)
-        The source image and its voxels as 3D float32 (a single-frame 4D
-        volume is squeezed).
+    tuple of (nibabel.spatialimages.SpatialImage, numpy.ndarray)
+        The source image (a NIfTI image when read from a file) and its voxels as
+        3D float32 (a single-frame 4D volume is squeezed).
 
     Raises
     ------

@@ -151,7 +151,8 @@ def _pick_clinical(frame: pd.DataFrame, requested: list[str] | None
     problems: list[tuple[int, str]] = []
     candidates = [c for c in frame.columns if c not in RESERVED_COLUMNS]
     if requested is None:
-        clinical, ignored = [], []
+        clinical: list[str] = []
+        ignored: list[str] = []
         for name in candidates:
             present = frame[name].dropna()
             numeric = pd.to_numeric(present, errors="coerce").notna()
@@ -254,6 +255,7 @@ def _check_target(frame: pd.DataFrame, sids: pd.Series, require: bool
     raw = frame["target"]
     target, bad = _numeric(raw)
     for i in range(len(frame)):
+        got: str | None
         if bad.iat[i]:
             got = f"`{raw.iat[i]}`"
         elif pd.isna(raw.iat[i]):

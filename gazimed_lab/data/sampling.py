@@ -20,9 +20,11 @@ resume); see :class:`gazimed_lab.data.transforms.VolumeDataset`.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sized
+from typing import Any, cast
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 __all__ = ["SubjectSampler", "derive_seed"]
@@ -74,8 +76,9 @@ class SubjectSampler(DistributedSampler):
                 f"every process must get at least one subject, got {n} subjects for "
                 f"{num_replicas} processes; use fewer devices or a larger split"
             )
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                         seed=seed, drop_last=False)
+        # DistributedSampler only takes len() of the dataset.
+        super().__init__(cast("Dataset[Any]", dataset), num_replicas=num_replicas, rank=rank,
+                         shuffle=shuffle, seed=seed, drop_last=False)
         self.keyed = keyed
         if shuffle:
             self.num_samples = n // num_replicas
@@ -85,13 +88,13 @@ class SubjectSampler(DistributedSampler):
 
     def order(self) -> list[int]:
         """Global subject order of the current epoch (before sharing out)."""
-        n = len(self.dataset)  # type: ignore[arg-type]
+        n = len(self.dataset)  # type: ignore[arg-type]  # Sized (see __init__)
         if not self.shuffle:
             return list(range(n))
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
         return torch.randperm(n, generator=generator).tolist()[: self.total_size]
 
-    def __iter__(self) -> Iterator[int | tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
         """Yield the indices (or ``(epoch, index)`` keys) of this process's share."""
         share = self.order()[self.rank :: self.num_replicas]
         if self.keyed:

@@ -86,15 +86,16 @@ def preprocess_subject(
         From the loaders, naming the file (and both files when MRI and PET
         are not in the same space).
     """
-    use_pet = channels >= 2 and bool(pet)
+    pet_path = pet if channels >= 2 and pet else None  # None: no PET used
+    use_pet = pet_path is not None
     tag = f", subject {subject}" if subject else ""
     mri_img = load_volume(mri, what="mri", where=f"{mri}{tag}")
     mri_arr, _ = conform_to_grid(mri_img, grid, what="mri", where=f"{mri}{tag}")
     mri_n = _named(normalize_mri, f"{mri}{tag}", mri_arr, grid)
     planes = [mri_n]
     if channels >= 2:
-        if use_pet:
-            pet_img = load_volume(pet, what="pet", where=f"{pet}{tag}")
+        if pet_path is not None:
+            pet_img = load_volume(pet_path, what="pet", where=f"{pet}{tag}")
             check_same_space(mri_img, pet_img, str(mri), str(pet))
             pet_arr, _ = conform_to_grid(pet_img, grid, what="pet", where=f"{pet}{tag}")
             pet_n = _named(normalize_pet, f"{pet}{tag}", pet_arr, grid, pet_reference)

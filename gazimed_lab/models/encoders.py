@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ def check_triple(name: str, value: Sequence[int] | None) -> tuple[int, int, int]
         triple = ()
     if len(triple) != 3 or any(v < 1 for v in triple):
         raise ValueError(f"`{name}` must be 3 positive integers, got {value!r}")
-    return triple  # type: ignore[return-value]
+    return triple  # three ints: checked above
 
 
 def padded_grid(
@@ -143,7 +144,7 @@ class SwinImageEncoder(nn.Module):
             self.stage_grids.append(tuple(-(-g // 2) for g in self.stage_grids[-1]))
         # F.pad wants the last axis first.
         self._pad = tuple(v for pair in reversed(self.padding) for v in pair)
-        extra = {}
+        extra: dict[str, Any] = {}
         if "use_flash_attention" in inspect.signature(SwinTransformer.__init__).parameters:
             extra["use_flash_attention"] = True  # fused attention at inference
         self.swin = SwinTransformer(
