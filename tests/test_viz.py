@@ -214,6 +214,25 @@ def test_plot_mosaic_rows_and_columns(images, tmp_path):
         viz.plot_mosaic({"a": images["mri"]}, axis="w")
 
 
+def test_plot_mosaic_needs_a_slice(images):
+    with pytest.raises(ValueError, match=r"`n_slices` must be >= 1, got 0"):
+        viz.plot_mosaic({"a": images["mri"]}, n_slices=0)
+    with pytest.raises(ValueError, match=r"`coords` must hold at least one MNI coordinate"):
+        viz.plot_mosaic({"a": images["mri"]}, coords=[])
+
+
+def test_axes_in_a_subfigure_return_and_save_the_root_figure(images, predictions, tmp_path):
+    root = plt.figure(figsize=(10, 4))
+    left, right = root.subfigures(1, 2)
+    out = tmp_path / "slice.png"
+    fig = viz.plot_slice(images["mri"], ax=left.subplots(), output_file=out)
+    assert fig is root
+    _check_png(out)
+    assert viz.plot_roc(predictions, n_boot=20, ax=right.subplots(),
+                        output_file=tmp_path / "roc.png") is root
+    _check_png(tmp_path / "roc.png")
+
+
 def test_slice_orientation_puts_subject_left_on_image_left(tmp_path):
     # A radiological (x-flipped) affine: voxel index 0 is the subject's right.
     data = np.zeros(GRID.shape)

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from gazimed_lab import evaluation as ev
 
-__all__ = ["save_figure"]
+__all__ = ["figure_of", "save_figure"]
 
 PRETTY = {
     "auroc": "AUROC", "average_precision": "average precision", "accuracy": "accuracy",
@@ -45,9 +45,17 @@ def _new_figure(figsize: tuple[float, float], **kw: Any) -> tuple[Figure, Any]:
     return fig, axes
 
 
+def figure_of(ax: Axes) -> Figure:
+    """Return the (root) Figure that holds ``ax``, also when ``ax`` lies in a SubFigure."""
+    fig = ax.get_figure(root=True)
+    if fig is None:
+        raise ValueError("`ax` must belong to a matplotlib Figure, got an Axes without one")
+    return fig
+
+
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is not None:
-        return ax.figure, ax  # type: ignore[return-value]
+        return figure_of(ax), ax
     return _new_figure(figsize)
 
 

@@ -153,7 +153,7 @@ def plot_score_distribution(
         raise ValueError("`predictions` must have a `score` column, got "
                          f"{list(predictions.columns)}")
     fig, ax = _axes(ax, (6.5, 4.0))
-    bins = np.linspace(0, 1, 21)
+    bins = np.linspace(0, 1, 21).tolist()
     if by and by in predictions.columns and predictions[by].astype(str).ne("").any():
         for group, part in predictions.groupby(by, sort=True):
             ax.hist(part["score"], bins=bins, alpha=0.55, label=f"{group} (n={len(part)})",

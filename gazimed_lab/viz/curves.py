@@ -16,7 +16,15 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from gazimed_lab import evaluation as ev
-from gazimed_lab.viz._figures import _axes, _describe, _new_figure, _pretty, _tables, save_figure
+from gazimed_lab.viz._figures import (
+    _axes,
+    _describe,
+    _new_figure,
+    _pretty,
+    _tables,
+    figure_of,
+    save_figure,
+)
 
 __all__ = ["plot_learning_curves", "plot_pr", "plot_roc"]
 
@@ -65,7 +73,7 @@ def plot_learning_curves(
         panel_axes = list(axes)
         if len(panel_axes) < n_panels:
             raise ValueError(f"`axes` must hold {n_panels} Axes, got {len(panel_axes)}")
-        fig = panel_axes[0].figure
+        fig = figure_of(panel_axes[0])
     for ax, (metric, train_col, val_col) in zip(panel_axes, found):
         for col, stage, color in ((train_col, "train", "tab:blue"), (val_col, "val", "tab:orange")):
             if col is None:
@@ -137,7 +145,8 @@ def plot_roc(
     tables = _tables(df)
     for i, (label, table) in enumerate(tables.items()):
         color = f"C{i}"
-        res = ev.roc_curve_ci(table, n_boot=n_boot if ci else 1, seed=seed, ci=ci or 0.95)
+        res: dict[str, Any] = ev.roc_curve_ci(table, n_boot=n_boot if ci else 1, seed=seed,
+                                              ci=ci or 0.95)
         text = f"AUROC {res['auroc']:.3f}"
         if ci:
             ax.fill_between(res["fpr"], res["tpr_low"], res["tpr_high"], color=color, alpha=0.2,
@@ -173,7 +182,8 @@ def plot_pr(
     fig, ax = _axes(ax, (5.4, 5.0))
     for i, (label, table) in enumerate(_tables(df).items()):
         color = f"C{i}"
-        res = ev.pr_curve_ci(table, n_boot=n_boot if ci else 1, seed=seed, ci=ci or 0.95)
+        res: dict[str, Any] = ev.pr_curve_ci(table, n_boot=n_boot if ci else 1, seed=seed,
+                                             ci=ci or 0.95)
         text = f"AP {res['average_precision']:.3f}"
         if ci:
             ax.fill_between(res["recall"], res["precision_low"], res["precision_high"],

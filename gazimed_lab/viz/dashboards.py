@@ -26,6 +26,7 @@ from gazimed_lab.viz._figures import (
     _axes,
     _new_figure,
     _pretty,
+    figure_of,
     save_figure,
 )
 
@@ -64,10 +65,10 @@ def plot_calibration(
         bottom = top.twinx()
         top.set_zorder(bottom.get_zorder() + 1)  # curve above the count bars
         top.patch.set_visible(False)
-        fig = top.figure
+        fig = figure_of(top)
     else:
         top, bottom = axes[0], axes[1]
-        fig = top.figure
+        fig = figure_of(top)
     used = table[table["count"] > 0]
     pos = np.round(used["frac_positive"] * used["count"]).astype(int)
     ci = [stats.binomtest(k, n).proportion_ci(method="wilson") for k, n in zip(pos, used["count"])]
@@ -234,7 +235,7 @@ def plot_run_comparison(
         fig, grid = _new_figure(size, ncols=len(metrics), squeeze=False, sharey=True)
         panel_axes = list(grid[0])
     else:
-        panel_axes, fig = list(axes), axes[0].figure
+        panel_axes, fig = list(axes), figure_of(axes[0])
     y = np.arange(n_runs)[::-1]
     for ax, metric in zip(panel_axes, metrics):
         vals = compare_df[metric].to_numpy(float)

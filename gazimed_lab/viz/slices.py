@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from gazimed_lab.data.grid import Grid, get_grid, template_on_grid
 from gazimed_lab.data.images import read_nifti
-from gazimed_lab.viz._figures import save_figure
+from gazimed_lab.viz._figures import figure_of, save_figure
 
 __all__ = [
     "ImageLike",
@@ -104,15 +104,17 @@ def _coord_of(affine: np.ndarray, axis: int, index: int) -> float:
     return float(affine[axis, 3] + affine[axis, axis] * index)
 
 
-def _plane(data: np.ndarray, affine: np.ndarray, axis: int, index: int) -> tuple[np.ndarray, list]:
+def _plane(data: np.ndarray, affine: np.ndarray, axis: int, index: int
+           ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """Cut a 2D slice oriented for ``imshow(origin="lower")`` and its extent in mm."""
     plane = np.take(data, index, axis=axis).T
     h, v = [d for d in range(3) if d != axis]
-    extent = []
-    for dim in (h, v):
-        step, start = affine[dim, dim], affine[dim, 3]
-        extent += [start - step / 2, start + step * (data.shape[dim] - 0.5)]
-    return plane, extent
+    (h0, h1), (v0, v1) = [
+        (float(affine[d, 3] - affine[d, d] / 2), float(affine[d, 3] + affine[d, d] * (
+            data.shape[d] - 0.5)))
+        for d in (h, v)
+    ]
+    return plane, (h0, h1, v0, v1)
 
 
 def _robust_range(data: np.ndarray) -> tuple[float, float]:
@@ -171,14 +173,15 @@ def plot_slice(
                  else data.shape[dim] // 2)
     if not 0 <= index < data.shape[dim]:
         raise ValueError(f"`index` must be in [0, {data.shape[dim] - 1}], got {index}")
-    fig, ax = (ax.figure, ax) if ax is not None else _created((5.4, 5.0))
+    fig, ax = (figure_of(ax), ax) if ax is not None else _created((5.4, 5.0))
     plane, extent = _plane(data, affine, dim, index)
     low, high = _robust_range(data)
     shown = ax.imshow(plane, cmap=cmap, origin="lower", extent=extent,
                       vmin=low if vmin is None else vmin, vmax=high if vmax is None else vmax,
                       interpolation="nearest")
     if colorbar:  # with an overlay, the background's bar goes below the image
-        below = {"orientation": "horizontal", "pad": 0.13} if overlay is not None else {}
+        below: dict[str, Any] = (
+            {"orientation": "horizontal", "pad": 0.13} if overlay is not None else {})
         fig.colorbar(shown, ax=ax, label=cbar_label, fraction=0.046, **({"pad": 0.02} | below))
     if overlay is not None:
         over = as_image(overlay, "overlay")
@@ -234,6 +237,10 @@ def plot_mosaic(
     """
     if not images:
         raise ValueError("`images` must hold at least one image, got none")
+    if coords is None and n_slices < 1:
+        raise ValueError(f"`n_slices` must be >= 1, got {n_slices}")
+    if coords is not None and len(coords) == 0:
+        raise ValueError("`coords` must hold at least one MNI coordinate (mm), got none")
     dim = _axis(axis)
     vols = {label: _canonical(img, f"images[{label!r}]") for label, img in images.items()}
     if coords is None:
@@ -266,6 +273,7 @@ def plot_mosaic(
                 ax.set_title(f"{'xyz'[dim]} = {mm:.0f} mm", fontsize="medium")
             if c == 0:
                 ax.set_ylabel(label, fontsize="medium")
+        assert shown is not None  # coords is not empty (checked above)
         fig.colorbar(shown, cax=grid[r, -1], label=cbar_label)
     fig.suptitle(title or f"{AXIS_NAMES[dim]} slices (MNI mm; left of image = subject left)")
     # Leave room above the column titles for the figure title (0.5 inch).
