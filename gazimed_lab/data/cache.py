@@ -10,6 +10,7 @@ and read back memory-mapped. Writes are atomic (temporary file +
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -253,9 +254,7 @@ def cache_subjects(
             _, mask = cache.get_or_build(
                 key,
                 shape,
-                lambda mri=mri, pet=pet: preprocess_subject(
-                    mri, pet, grid, channels, pet_reference
-                ),
+                functools.partial(preprocess_subject, mri, pet, grid, channels, pet_reference),
                 info={"subject_id": sid, "mri": mri, "pet": pet or ""},
             )
         except (ImageError, OSError) as exc:
