@@ -213,7 +213,6 @@ def _train_epochs(cfg: Any, dm: Any, epochs: int) -> list[float]:
 
     from gazimed_lab.models.lightning import AlzheimersLightningModule
 
-    cfg.model.clinical_features_dim = len(dm.feature_names)
     timer = type("EpochTimer", (_EpochTimer, pl.Callback), {})()
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_epochs=epochs, logger=False,
@@ -223,7 +222,7 @@ def _train_epochs(cfg: Any, dm: Any, epochs: int) -> list[float]:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(AlzheimersLightningModule(cfg), datamodule=dm)
+        trainer.fit(AlzheimersLightningModule(cfg, spec=dm.spec), datamodule=dm)
     return list(timer.times)
 
 

@@ -49,10 +49,11 @@ def card_peaks(name: str) -> dict[str, float] | None:
 
 def _network(preset: str, checkpointing: bool) -> tuple[Any, dict[str, Any]]:
     from gazimed_lab.config import load_config
-    from gazimed_lab.models.lightning import model_kwargs, resolve_config
-    from gazimed_lab.models.network import MultimodalAlzheimersNet
+    from gazimed_lab.models.lightning import resolve_spec
+    from gazimed_lab.models.network import MultimodalAlzheimersNet, network_kwargs
 
-    kwargs = model_kwargs(resolve_config(load_config(preset), None))
+    cfg = load_config(preset)
+    kwargs = network_kwargs(cfg.model, resolve_spec(cfg, n_features=118))
     kwargs["activation_checkpointing"] = checkpointing
     return MultimodalAlzheimersNet(**kwargs), kwargs
 

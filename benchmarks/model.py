@@ -89,10 +89,11 @@ def _sdpa_window_forward(self: Any, x: Any, mask: Any) -> Any:
 def _build(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The network of a configuration and its keyword arguments."""
     from gazimed_lab.config import load_config
-    from gazimed_lab.models.lightning import model_kwargs, resolve_config
-    from gazimed_lab.models.network import MultimodalAlzheimersNet
+    from gazimed_lab.models.lightning import resolve_spec
+    from gazimed_lab.models.network import MultimodalAlzheimersNet, network_kwargs
 
-    kwargs = model_kwargs(resolve_config(load_config(config["preset"]), None))
+    cfg = load_config(config["preset"])
+    kwargs = network_kwargs(cfg.model, resolve_spec(cfg, n_features=118))
     if config["img_size"]:
         kwargs["img_size"] = list(config["img_size"])
     variant = config["variant"]

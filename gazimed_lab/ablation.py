@@ -21,10 +21,9 @@ __all__ = ["ABLATIONS", "run_ablations"]
 
 ABLATIONS: dict[str, list[str]] = {
     "clinical-only": ["model.mode=clinical_only"],
-    "MRI-only": ["model.mode=image_only", "data.channels=1", "model.in_channels=1"],
-    "MRI+PET": ["model.mode=image_only", "data.channels=2", "model.in_channels=2"],
-    "all (MRI+PET+clinical)": ["model.mode=multimodal", "data.channels=2",
-                               "model.in_channels=2"],
+    "MRI-only": ["model.mode=image_only", "data.channels=1"],
+    "MRI+PET": ["model.mode=image_only", "data.channels=2"],
+    "all (MRI+PET+clinical)": ["model.mode=multimodal", "data.channels=2"],
 }
 
 

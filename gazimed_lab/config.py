@@ -19,6 +19,15 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
+    "CACHE_DTYPES",
+    "CHANNELS",
+    "CLIP_ALGORITHMS",
+    "LOSSES",
+    "MODES",
+    "NONFINITE_POLICIES",
+    "PET_REFERENCES",
+    "POOLINGS",
+    "REMOVED_KEYS",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -36,6 +45,36 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A configuration value, key or file is not valid."""
+
+
+# Allowed values, listed once (the modules that use them import them from here).
+#: ``model.mode``: which inputs the network reads.
+MODES: tuple[str, ...] = ("multimodal", "image_only", "clinical_only")
+#: ``optim.loss`` base losses; ``"weighted"`` combines them with ``optim.loss_weights``.
+LOSSES: tuple[str, ...] = ("mse", "mae", "huber", "bce")
+#: ``model.fusion_pooling``: how a fused stage's tokens become one vector.
+POOLINGS: tuple[str, ...] = ("attention", "flatten", "mean")
+#: ``data.channels``: 1 = MRI; 2 = MRI, PET; 3 = MRI, PET, PET - MRI.
+CHANNELS: tuple[int, ...] = (1, 2, 3)
+#: ``data.pet_reference``: the region PET is divided by.
+PET_REFERENCES: tuple[str, ...] = ("whole_brain", "cerebellum", "pons")
+#: ``data.cache_dtype``: storage dtype of the preprocessed volumes.
+CACHE_DTYPES: tuple[str, ...] = ("float16", "float32")
+#: ``trainer.gradient_clip_algorithm``.
+CLIP_ALGORITHMS: tuple[str, ...] = ("norm", "value")
+#: ``trainer.nonfinite_policy``: what a non-finite training loss does.
+NONFINITE_POLICIES: tuple[str, ...] = ("stop", "skip")
+
+#: Keys that configs no longer have, with what replaces them. The data decide these
+#: (the fitted input contract, ``gazimed_lab.data.spec.InputSpec``), not the user.
+REMOVED_KEYS: dict[str, str] = {
+    "model.in_channels": "the input channels are `data.channels` (InputSpec.channels)",
+    "model.img_size": "the input size is the grid's shape: set `data.grid` (or "
+                      "`data.grid_shape` + `data.grid_affine`; InputSpec.grid)",
+    "model.clinical_features_dim": "the clinical feature count comes from the data "
+                                   "(`data.clinical_columns`, or the manifest's numeric "
+                                   "columns; InputSpec.n_features)",
+}
 
 
 @dataclass
@@ -73,8 +112,6 @@ class ModelConfig:
     """Network architecture (see ``gazimed_lab.models``)."""
 
     mode: str = "multimodal"
-    in_channels: int = 2
-    img_size: list[int] | None = None
     patch_size: list[int] = field(default_factory=lambda: [4, 4, 4])
     embed_dim: int = 96
     depths: list[int] = field(default_factory=lambda: [2, 2, 6, 2])
@@ -86,7 +123,6 @@ class ModelConfig:
     fusion_pooling: str = "attention"
     fusion_pool_queries: int = 4
     fusion_dim: int = 256
-    clinical_features_dim: int = 118
     clinical_hidden: list[int] = field(default_factory=lambda: [256, 512, 256])
     clinical_out_dim: int = 128
     clinical_feature_dropout: float = 0.0
@@ -184,6 +220,11 @@ def _check_keys(values: dict[str, Any], schema: type, prefix: str, source: str) 
     valid = _schema_fields(schema)
     for key, value in values.items():
         path = f"{prefix}{key}"
+        if path in REMOVED_KEYS:
+            raise ConfigError(
+                f"config key `{path}` must not be set: it was removed in gazimed-lab 0.2 "
+                f"({source}); {REMOVED_KEYS[path]}. Delete the key (README: Configuration)"
+            )
         if key not in valid:
             candidates = [f"{prefix}{k}" for k in valid]
             close = difflib.get_close_matches(path, candidates, n=1, cutoff=0.5)
@@ -306,12 +347,18 @@ def overrides_from(values: dict[str, Any]) -> list[str]:
 
 
 def _validate(cfg: DictConfig) -> None:
+    def one_of(values: tuple[Any, ...]) -> str:
+        return "one of " + ", ".join(map(str, values))
+
     checks = [
-        (cfg.data.channels in (1, 2, 3), "data.channels", "1, 2 or 3", cfg.data.channels),
-        (cfg.model.mode in ("multimodal", "image_only", "clinical_only"), "model.mode",
-         "one of multimodal, image_only, clinical_only", cfg.model.mode),
-        (cfg.optim.loss in ("mse", "mae", "huber", "bce", "weighted"), "optim.loss",
-         "one of mse, mae, huber, bce, weighted", cfg.optim.loss),
+        (cfg.data.channels in CHANNELS, "data.channels", one_of(CHANNELS), cfg.data.channels),
+        (cfg.data.pet_reference in PET_REFERENCES, "data.pet_reference", one_of(PET_REFERENCES),
+         cfg.data.pet_reference),
+        (cfg.model.mode in MODES, "model.mode", one_of(MODES), cfg.model.mode),
+        (cfg.model.fusion_pooling in POOLINGS, "model.fusion_pooling", one_of(POOLINGS),
+         cfg.model.fusion_pooling),
+        (cfg.optim.loss in (*LOSSES, "weighted"), "optim.loss", one_of((*LOSSES, "weighted")),
+         cfg.optim.loss),
         (0.0 < cfg.optim.threshold < 1.0, "optim.threshold", "in (0, 1)", cfg.optim.threshold),
         (cfg.optim.image_lr_scale > 0, "optim.image_lr_scale", "> 0", cfg.optim.image_lr_scale),
         (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction", "in [0, 1)",
@@ -321,12 +368,13 @@ def _validate(cfg: DictConfig) -> None:
         (cfg.data.batch_size >= 1, "data.batch_size", ">= 1", cfg.data.batch_size),
         (cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", ">= 1",
          cfg.trainer.accumulate_grad_batches),
-        (cfg.trainer.gradient_clip_algorithm in ("norm", "value"),
-         "trainer.gradient_clip_algorithm", "norm or value", cfg.trainer.gradient_clip_algorithm),
-        (cfg.trainer.nonfinite_policy in ("stop", "skip"), "trainer.nonfinite_policy",
-         "stop or skip", cfg.trainer.nonfinite_policy),
-        (cfg.data.cache_dtype in ("float16", "float32"), "data.cache_dtype",
-         "float16 or float32", cfg.data.cache_dtype),
+        (cfg.trainer.gradient_clip_algorithm in CLIP_ALGORITHMS,
+         "trainer.gradient_clip_algorithm", one_of(CLIP_ALGORITHMS),
+         cfg.trainer.gradient_clip_algorithm),
+        (cfg.trainer.nonfinite_policy in NONFINITE_POLICIES, "trainer.nonfinite_policy",
+         one_of(NONFINITE_POLICIES), cfg.trainer.nonfinite_policy),
+        (cfg.data.cache_dtype in CACHE_DTYPES, "data.cache_dtype", one_of(CACHE_DTYPES),
+         cfg.data.cache_dtype),
     ]
     for ok, key, expected, got in checks:
         if not ok:

@@ -123,7 +123,7 @@ def run_pipeline(
     Parameters
     ----------
     run_dir
-        The shared run folder (DESIGN.md layout).
+        The shared run folder (README: Run folder).
     preset
         Config preset passed to every notebook's ``preset`` parameter.
     parameters

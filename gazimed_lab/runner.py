@@ -1,9 +1,10 @@
 """One-call workflows over the public API: train-and-evaluate, and predict a manifest.
 
 ``train_and_evaluate`` is what ``gazimed-lab train`` and the ``02_train`` notebook
-run: fit, test the best checkpoint, write per-split predictions and
-``metrics.json`` into the run folder (see DESIGN.md). ``predict_manifest`` scores
-new subjects with nothing but a checkpoint and a manifest.
+run: fit, score the validation and test splits once with the best checkpoint,
+write per-split predictions and ``metrics.json`` into the run folder (README: Run
+folder). ``predict_manifest`` scores new subjects with nothing but a checkpoint
+and a manifest.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from omegaconf import DictConfig
 from gazimed_lab.checkpoints import check_resumable, load_checkpoint
 from gazimed_lab.config import load_config
 from gazimed_lab.data.datamodule import MNIDataModule
+from gazimed_lab.data.predict import PredictDataModule
 from gazimed_lab.evaluation import binary_metrics, write_metrics_json, youden_threshold
 from gazimed_lab.models.lightning import AlzheimersLightningModule, flatten_predictions
 from gazimed_lab.training import create_trainer
@@ -27,7 +29,6 @@ from gazimed_lab.training import create_trainer
 __all__ = [
     "META_COLUMNS",
     "RunResult",
-    "fit_config_to_data",
     "load_checkpoint",
     "predict_manifest",
     "train_and_evaluate",
@@ -48,15 +49,6 @@ class RunResult:
     epochs: int  # epochs completed (early stopping may end before max_epochs)
     predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
     global_rank: int = 0  # > 0: a secondary process of a multi-process run (writes nothing)
-
-
-def fit_config_to_data(cfg: DictConfig, dm: MNIDataModule) -> DictConfig:
-    """Fill the model's input sizes from the data: channels, grid shape, feature count."""
-    cfg = cfg.copy()
-    cfg.model.in_channels = int(cfg.data.channels)
-    cfg.model.img_size = [int(s) for s in dm.img_size]
-    cfg.model.clinical_features_dim = len(dm.feature_names)
-    return cfg
 
 
 def _resume_path(resume: str | Path | None, run_dir: Path) -> str | None:
@@ -111,10 +103,11 @@ def _predictions_table(
     return table
 
 
-def _predict_records(model: pl.LightningModule, loader: Any) -> list[dict[str, Any]]:
-    """Per-subject records of one loader, in one process (also inside a DDP run)."""
+def _predict_records(model: pl.LightningModule, loader: Any,
+                     accelerator: str = "auto") -> list[dict[str, Any]]:
+    """Per-subject records of one loader, in one process on one device (also inside DDP)."""
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )
     return flatten_predictions(trainer.predict(model, dataloaders=loader))
@@ -127,7 +120,7 @@ def train_and_evaluate(
     overwrite: bool = False,
     callbacks: list[pl.Callback] | None = None,
 ) -> RunResult:
-    """Fit, test the best checkpoint and write the run folder.
+    """Fit, score validation and test once with the best checkpoint, write the run folder.
 
     Parameters
     ----------
@@ -163,11 +156,10 @@ def train_and_evaluate(
     pl.seed_everything(int(cfg.system.seed), workers=True, verbose=False)
 
     dm = MNIDataModule(cfg, run_dir=run_dir)
-    cfg = fit_config_to_data(cfg, dm)
     ckpt_path = _resume_path(resume, run_dir)
     if ckpt_path is not None:
-        check_resumable(cfg, ckpt_path)
-    model = AlzheimersLightningModule(cfg)
+        check_resumable(cfg, ckpt_path, dm.spec)
+    model = AlzheimersLightningModule(cfg, spec=dm.spec)
     trainer = create_trainer(cfg, run_dir=run_dir, callbacks=callbacks)
 
     log = _training_log(run_dir)
@@ -182,7 +174,6 @@ def train_and_evaluate(
             f"training must leave a best checkpoint, got none in {run_dir / 'checkpoints'}; "
             f"was `{cfg.trainer.monitor}` logged?"
         )
-    trainer.test(model, datamodule=dm, ckpt_path=str(best), verbose=False)
     epochs = int(trainer.current_epoch)
     if not trainer.is_global_zero:
         return RunResult(run_dir, best, {}, {}, fit_seconds, epochs,
@@ -194,7 +185,8 @@ def train_and_evaluate(
         subjects = dm.splits[split]
         if len(subjects) == 0:
             continue
-        records = _predict_records(best_model, dm.split_dataloader(split))
+        records = _predict_records(best_model, dm.split_dataloader(split),
+                                   str(cfg.trainer.accelerator))
         table = _predictions_table(records, subjects, split)
         out = run_dir / "predictions" / f"{split}.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -233,26 +225,24 @@ def train_and_evaluate(
 
 
 def predict_manifest(
-    ckpt: str | Path, manifest: str | Path, out: str | Path | None = None
+    ckpt: str | Path, manifest: str | Path, out: str | Path | None = None,
+    accelerator: str = "auto", cache_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """Score every subject of a manifest with a checkpoint; optionally write a CSV.
 
-    The checkpoint carries the config and the preprocessing fitted at training
-    (grid, normalization, clinical imputation and scaling), so nothing else is
-    needed. Targets in the manifest are optional and copied through.
+    The checkpoint carries the config and the input spec fitted at training (grid,
+    normalization, clinical imputation and scaling), so nothing else is needed.
+    Targets in the manifest are optional and copied through. Scores are computed on
+    ``accelerator`` (Lightning's ``auto``: a GPU when there is one), on one device.
     """
     model = load_checkpoint(ckpt)
-    if not model.preprocessing:
-        raise ValueError(
-            f"checkpoint must hold preprocessing statistics, got none ({ckpt}); was it saved "
-            "by a fit with MNIDataModule?"
-        )
-    dm = MNIDataModule(
-        model.cfg.copy(), run_dir=Path(out).parent if out else None, predict_manifest=manifest,
-        preprocessing=model.preprocessing,
+    data = model.cfg.data
+    dm = PredictDataModule(
+        model.spec, manifest, cache_dir=cache_dir if cache_dir is not None else data.cache_dir,
+        batch_size=int(data.batch_size), num_workers=int(data.num_workers),
     )
-    records = _predict_records(model, dm.predict_dataloader())
-    table = _predictions_table(records, dm.splits["predict"], "predict")
+    records = _predict_records(model, dm.predict_dataloader(), accelerator)
+    table = _predictions_table(records, dm.subjects, "predict")
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,8 +41,10 @@ from gazimed_lab.config import load_config, save_config
 # Lightning 2.6 warns on every batch about its own use of torch's pytree API: not ours.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
-__all__ = [
+__all__ = [  # noqa: F822 (DEFAULT_TRAINING_CONFIG comes from the module __getattr__)
+    "DEFAULT_TRAINING_CONFIG",
     "BestCheckpointLink",
+    "TrainerFactory",
     "best_checkpoint",
     "checkpoint_filename",
     "create_trainer",
@@ -207,8 +209,7 @@ def create_trainer(cfg: Any, run_dir: str | Path | None = None, **overrides: Any
     ----------
     cfg
         The config (``load_config(...)`` or ``model.cfg``; a plain dict works too).
-        It is resolved like the model's (``model.img_size`` from the grid) and
-        saved as ``run_dir/config.yaml``.
+        It is checked and saved as ``run_dir/config.yaml``.
     run_dir
         Run folder; default ``cfg.system.run_dir``.
     **overrides
@@ -224,7 +225,7 @@ def create_trainer(cfg: Any, run_dir: str | Path | None = None, **overrides: Any
     """
     from gazimed_lab.models.lightning import resolve_config
 
-    cfg = resolve_config(cfg)  # a checked copy, model.img_size filled from the grid
+    cfg = resolve_config(cfg)  # a checked copy
     t = cfg.trainer
     run_dir = Path(run_dir if run_dir is not None else cfg.system.run_dir)
     if cfg.system.num_threads:
@@ -274,3 +275,42 @@ def create_trainer(cfg: Any, run_dir: str | Path | None = None, **overrides: Any
             kwargs[key] = int(value) if value > 1 and float(value).is_integer() else value
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)
+
+
+class TrainerFactory:
+    """The reference design's trainer factory, over :func:`create_trainer`.
+
+    Examples
+    --------
+    >>> trainer = TrainerFactory.create_trainer(                  # doctest: +SKIP
+    ...     config=DEFAULT_TRAINING_CONFIG, experiment_name="alzheimers_detection_v1")
+    >>> trainer.fit(model, train_dataloader, val_dataloader)   # doctest: +SKIP
+    """
+
+    @staticmethod
+    def create_trainer(config: Any = None, experiment_name: str | None = None,
+                       **overrides: Any) -> pl.Trainer:
+        """Build a trainer for ``config`` (default: the ``default`` preset).
+
+        ``experiment_name`` names the run folder: ``runs/<experiment_name>`` beside
+        ``system.run_dir`` (its parent folder); without it, ``system.run_dir``.
+        ``overrides`` are passed to :func:`create_trainer`.
+        """
+        cfg = load_config("default") if config is None else config
+        run_dir = None
+        if experiment_name is not None:
+            name = str(experiment_name)
+            if not name or Path(name).name != name or name in (".", ".."):
+                raise ValueError(
+                    f"`experiment_name` must be a plain folder name, got {experiment_name!r}"
+                )
+            run_dir = Path(str(cfg["system"]["run_dir"])).parent / name
+        return create_trainer(cfg, run_dir=run_dir, **overrides)
+
+
+def __getattr__(name: str) -> Any:
+    # DEFAULT_TRAINING_CONFIG: a fresh copy of the ``default`` preset on every access, so
+    # that editing one does not change the next.
+    if name == "DEFAULT_TRAINING_CONFIG":
+        return load_config("default")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

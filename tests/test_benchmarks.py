@@ -101,9 +101,11 @@ def test_naive_baseline_matches_network_interface() -> None:
     finally:
         sys.path.remove(str(REPO))
     from gazimed_lab.config import load_config
-    from gazimed_lab.models.lightning import model_kwargs, resolve_config
+    from gazimed_lab.models.lightning import resolve_spec
+    from gazimed_lab.models.network import network_kwargs
 
-    kwargs = model_kwargs(resolve_config(load_config("cpu-demo"), None))
+    cfg = load_config("cpu-demo")
+    kwargs = network_kwargs(cfg.model, resolve_spec(cfg, n_features=118))
     kwargs["img_size"] = [16, 16, 16]
     fused = NaiveReferenceNet("fused", **kwargs)
     every = NaiveReferenceNet("all", **kwargs)

@@ -79,7 +79,7 @@ def test_float32_cache(tmp_path: Path) -> None:
     arr = np.ones((1, 2, 2, 2), dtype=np.float32)
     out, _ = cache.get_or_build("k", arr.shape, lambda: (arr, np.array([1.0, 1.0])))
     assert out.dtype == np.float32
-    with pytest.raises(ValueError, match=r"`data.cache_dtype` must be float16 or float32"):
+    with pytest.raises(ValueError, match=r"`data.cache_dtype` must be one of \('float16', 'float32'\)"):
         VolumeCache(tmp_path, "int8")
 
 

@@ -10,6 +10,7 @@ from conftest import cohort_config
 
 from gazimed_lab.data.clinical import ClinicalStats, align_feature_columns
 from gazimed_lab.data.datamodule import MNIDataModule
+from gazimed_lab.data.spec import SpecError
 
 
 def frame() -> pd.DataFrame:
@@ -71,13 +72,11 @@ def test_datamodule_statistics_come_from_train_rows_only(
     tiny_cohort: Path, tmp_path: Path
 ) -> None:
     dm = MNIDataModule(_config(tiny_cohort, tmp_path))
-    state = dm.preprocessing_state()
+    spec = dm.spec
     train = dm.splits["train"]
     expected = ClinicalStats.fit(train, dm.feature_names)
-    assert state["medians"] == expected.medians
-    assert state["means"] == expected.means
-    assert state["stds"] == expected.stds
-    assert state["feature_names"] == ["age", "feat_0", "feat_1", "feat_2", "feat_3", "feat_4"]
+    assert spec.clinical == expected
+    assert spec.feature_names == ("age", "feat_0", "feat_1", "feat_2", "feat_3", "feat_4")
     # Changing val / test values leaves the statistics unchanged; a train value changes them.
     table = pd.read_csv(tiny_cohort)
     held_out = list(dm.splits["val"]["subject_id"]) + list(dm.splits["test"]["subject_id"])
@@ -86,22 +85,26 @@ def test_datamodule_statistics_come_from_train_rows_only(
     changed.loc[changed["subject_id"] == held_out[0], "feat_1"] = np.nan
     changed.to_csv(tiny_cohort, index=False)
     dm2 = MNIDataModule(_config(tiny_cohort, tmp_path))
-    assert dm2.preprocessing_state() == state
+    assert dm2.spec == spec
     changed.loc[changed["subject_id"] == train["subject_id"].iloc[0], "feat_0"] = 1e6
     changed.to_csv(tiny_cohort, index=False)
     dm3 = MNIDataModule(_config(tiny_cohort, tmp_path))
-    assert dm3.preprocessing_state()["means"] != state["means"]
+    assert dm3.spec.means != spec.means
+    diffs = dm3.spec.differences(spec)
+    assert any(d.startswith("clinical means:") for d in diffs) and len(diffs) <= 3
 
 
-def test_saved_state_is_reused_in_fit_mode(tiny_cohort: Path, tmp_path: Path) -> None:
-    state = MNIDataModule(_config(tiny_cohort, tmp_path)).preprocessing_state()
+def test_saved_spec_is_reused_in_fit_mode(tiny_cohort: Path, tmp_path: Path) -> None:
+    state = MNIDataModule(_config(tiny_cohort, tmp_path)).spec.to_dict()
     table = pd.read_csv(tiny_cohort)
     table["feat_0"] = table["feat_0"] * 100  # would change freshly fitted statistics
     table = table[[c for c in table.columns if c != "age"] + ["age"]]
     table.to_csv(tiny_cohort, index=False)
     with pytest.warns(UserWarning, match="reordered by name"):
-        dm = MNIDataModule(_config(tiny_cohort, tmp_path), preprocessing=state)
-        assert dm.preprocessing_state() == state
-    with pytest.raises(ValueError, match=r"`preprocessing` must be a state.*\['grid'\]"):
-        MNIDataModule(_config(tiny_cohort, tmp_path), preprocessing={
+        dm = MNIDataModule(_config(tiny_cohort, tmp_path), spec=state)
+        assert dm.spec.to_dict() == state
+    with pytest.raises(SpecError, match=r"input spec must hold grid.*without 'grid' \(spec\)"):
+        MNIDataModule(_config(tiny_cohort, tmp_path), spec={
             k: v for k, v in state.items() if k != "grid"})
+    with pytest.raises(SpecError, match=r"version must be one of \[1, 2\].*got 7 \(spec\)"):
+        MNIDataModule(_config(tiny_cohort, tmp_path), spec={**state, "version": 7})

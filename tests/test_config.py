@@ -73,8 +73,29 @@ def test_wrong_type_is_rejected_with_the_source():
 
 
 def test_invalid_value_is_rejected():
-    with pytest.raises(ConfigError, match=r"`data.channels` must be 1, 2 or 3, got 4"):
+    with pytest.raises(ConfigError, match=r"`data.channels` must be one of 1, 2, 3, got 4"):
         load_config("default", ["data.channels=4"])
+    with pytest.raises(ConfigError, match=r"`data.pet_reference` must be one of whole_brain"):
+        load_config("default", ["data.pet_reference=occipital"])
+    with pytest.raises(ConfigError, match=r"`model.fusion_pooling` must be one of attention"):
+        load_config("default", ["model.fusion_pooling=max"])
+
+
+@pytest.mark.parametrize("key", ["model.in_channels", "model.img_size",
+                                 "model.clinical_features_dim"])
+def test_removed_keys_name_their_replacement(key, tmp_path: Path):
+    old = tmp_path / "config.yaml"
+    section, name = key.split(".")
+    old.write_text(f"preset: cpu-demo\n{section}:\n  {name}: 2\n")
+    with pytest.raises(ConfigError, match=rf"`{key}` must not be set: it was removed.*"
+                                          rf"\({old}\); .*InputSpec"):
+        load_config(old)
+
+
+def test_a_run_folder_config_of_gazimed_lab_0_1_names_the_migration():
+    legacy = Path(__file__).parent / "data" / "legacy_v1_config.yaml"
+    with pytest.raises(ConfigError, match=r"`model.in_channels` must not be set.*Delete the key"):
+        load_config(legacy)
 
 
 def test_malformed_override():

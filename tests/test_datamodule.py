@@ -12,6 +12,8 @@ import torch
 from conftest import cohort_config, make_tiny_cohort
 
 from gazimed_lab.data.datamodule import MNIDataModule
+from gazimed_lab.data.predict import PredictDataModule
+from gazimed_lab.data.spec import InputSpec, SpecError
 
 CUSTOM_GRID = [
     "data.grid_shape=[20,24,20]",
@@ -134,7 +136,8 @@ def test_splits_state_and_fit_mode_predict(tiny_cohort: Path, tmp_path: Path) ->
     for name in ("train", "val", "test"):
         saved = pd.read_csv(tmp_path / "elsewhere" / "splits" / f"{name}.csv")
         assert list(saved["subject_id"]) == list(splits[name]["subject_id"])
-    state = json.loads(json.dumps(dm.preprocessing_state()))
+    state = json.loads(json.dumps(dm.spec.to_dict()))
+    assert state["version"] == 2
     assert state["grid"]["name"] == "demo_4mm" and state["grid"]["shape"] == [40, 48, 40]
     assert np.allclose(state["grid"]["affine"], dm.grid.affine)
     assert state["channels"] == 2 and state["pet_reference"] == "whole_brain"
@@ -143,7 +146,7 @@ def test_splits_state_and_fit_mode_predict(tiny_cohort: Path, tmp_path: Path) ->
     dm.setup("predict")
     predicted = _all_batches(dm.predict_dataloader())
     assert predicted["subject_id"] == list(splits["test"]["subject_id"])
-    assert dm.state_dict()["preprocessing_state"] == dm.preprocessing_state()
+    assert InputSpec.from_dict(state) == dm.spec
 
 
 def test_fixed_split_column_and_kfold_from_config(tmp_path: Path) -> None:
@@ -166,7 +169,7 @@ def test_fixed_split_column_and_kfold_from_config(tmp_path: Path) -> None:
 def test_prediction_mode(tiny_cohort: Path, tmp_path: Path) -> None:
     fit = MNIDataModule(_config(tiny_cohort, tmp_path, "data.channels=3"))
     fit.setup()
-    state = json.loads(json.dumps(fit.preprocessing_state()))
+    state = json.loads(json.dumps(fit.spec.to_dict()))
     reference = _all_batches(fit.split_dataloader("val"))
 
     table = pd.read_csv(tiny_cohort)
@@ -179,16 +182,13 @@ def test_prediction_mode(tiny_cohort: Path, tmp_path: Path) -> None:
     path.parent.mkdir()
     new.to_csv(path, index=False)
 
-    # the data module follows the saved preprocessing, even with another config
-    cfg = _config(tiny_cohort, tmp_path, "data.channels=1", *CUSTOM_GRID)
+    # prediction needs the spec and a manifest, nothing else
     with pytest.warns(UserWarning) as record:
-        dm = MNIDataModule(cfg, predict_manifest=path, preprocessing=state)
+        dm = PredictDataModule(state, path, cache_dir=tmp_path / "cache", batch_size=4)
         dm.setup("predict")
     messages = " ".join(str(r.message) for r in record)
-    assert "saved preprocessing" in messages
     assert "reordered by name" in messages and "scanner_note" in messages
-    assert dm.feature_names == fit.feature_names and dm.img_size == (40, 48, 40)
-    assert set(dm.splits) == {"predict"}
+    assert dm.spec == fit.spec
     out = _all_batches(dm.predict_dataloader())
     assert out["subject_id"] == list(table["subject_id"])
     assert out["images"].shape == (16, 3, 40, 48, 40)
@@ -196,17 +196,27 @@ def test_prediction_mode(tiny_cohort: Path, tmp_path: Path) -> None:
     rows = [out["subject_id"].index(s) for s in reference["subject_id"]]
     assert torch.equal(out["clinical_features"][rows], reference["clinical_features"])
     assert torch.equal(out["images"][rows], reference["images"])
-    with pytest.raises(RuntimeError, match="`train_dataloader` must be used in fit mode"):
-        dm.train_dataloader()
 
     new.drop(columns=["feat_2", "age"]).to_csv(path, index=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dm = MNIDataModule(cfg, predict_manifest=path, preprocessing=state)
+        dm = PredictDataModule(state, path, cache_dir=tmp_path / "cache")
         with pytest.raises(ValueError, match=r"got 2 missing: \['age', 'feat_2'\]"):
             dm.setup("predict")
-    with pytest.raises(ValueError, match="`preprocessing` must be given"):
-        MNIDataModule(cfg, predict_manifest=path)
+    unfitted = InputSpec.unfitted(fit.spec.grid, 3, n_features=6)
+    with pytest.raises(SpecError, match="input spec must be fitted"):
+        PredictDataModule(unfitted, path)
+
+
+def test_datasets_after_setup(tiny_cohort: Path, tmp_path: Path) -> None:
+    dm = MNIDataModule(_config(tiny_cohort, tmp_path))
+    with pytest.raises(RuntimeError, match=r"call datamodule\.setup\('fit'\) first"):
+        len(dm.train_dataset)
+    dm.setup("fit")
+    assert (len(dm.train_dataset), len(dm.val_dataset)) == (12, 2)
+    assert len(dm.train_dataset) == len(dm.splits["train"])
+    with pytest.raises(RuntimeError, match=r"setup\('test'\)"):
+        _ = dm.test_dataset
 
 
 def test_worker_processes(tiny_cohort: Path, tmp_path: Path) -> None:
@@ -253,7 +263,7 @@ def test_lightning_trainer_round_trip(tiny_cohort: Path, tmp_path: Path) -> None
         default_root_dir=tmp_path / "trainer", enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
-    ckpt = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
-    assert ckpt["MNIDataModule"]["preprocessing_state"] == dm.preprocessing_state()
+    ckpt = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
+    assert "MNIDataModule" not in ckpt  # the spec lives in the model's hyperparameters only
     out = trainer.predict(model, datamodule=dm)
     assert [s for b in out for s in b["subject_id"]] == list(dm.splits["test"]["subject_id"])

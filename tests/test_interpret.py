@@ -205,11 +205,9 @@ def test_nifti_round_trip(tmp_path):
 
 def test_real_model_end_to_end(tmp_path):
     torch.manual_seed(0)
-    cfg = load_config("cpu-demo", overrides=[
-        "model.img_size=[16,16,16]", "model.clinical_features_dim=4", "model.in_channels=2",
-        "model.embed_dim=12",
-    ])
-    model = AlzheimersLightningModule(cfg)
+    cfg = load_config("cpu-demo", overrides=["model.embed_dim=12"])
+    model = AlzheimersLightningModule(cfg, img_size=[16, 16, 16], clinical_features_dim=4,
+                                      in_channels=2)
     g = torch.Generator().manual_seed(0)
     batch = {
         "images": torch.randn(2, 2, 16, 16, 16, generator=g),

@@ -7,10 +7,11 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
-from test_models import GRID, N_CLIN, TINY_OVERRIDES
+from test_models import GRID, N_CLIN, TINY_OVERRIDES, tiny_spec
 from torch.utils.data import DataLoader, Dataset
 
 from gazimed_lab.config import load_config
+from gazimed_lab.data.spec import SpecError
 from gazimed_lab.models import AlzheimersLightningModule, flatten_predictions
 from gazimed_lab.models.metrics import METRIC_NAMES
 from gazimed_lab.training import best_checkpoint, create_trainer
@@ -50,14 +51,13 @@ class RandomCohort(Dataset):
 
 
 class TinyDataModule(pl.LightningDataModule):
-    """Random batches plus a preprocessing state, like MNIDataModule."""
+    """Random batches plus a fitted input spec, like MNIDataModule."""
 
     def __init__(self, n_train: int = 8, n_val: int = 4, batch_size: int = 4,
                  bad: tuple[int, ...] = (), channels: int = 2, n_clin: int = N_CLIN) -> None:
         super().__init__()
         self.batch_size = batch_size
-        self.img_size = GRID
-        self.feature_names = [f"f{i}" for i in range(n_clin)]
+        self.spec = tiny_spec(channels, n_clin, fitted=True)
         self.train = RandomCohort(n_train, channels, seed=1, prefix="train", bad=bad)
         self.val = RandomCohort(n_val, channels, seed=2, prefix="val")
         self.predict = RandomCohort(3, channels, seed=3, prefix="new", targets=False)
@@ -74,24 +74,27 @@ class TinyDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(self.predict, batch_size=2)
 
-    def preprocessing_state(self) -> dict:
-        return {"grid": {"name": "tiny", "shape": list(GRID)}, "channels": 2,
-                "clinical": {"columns": [f"f{i}" for i in range(N_CLIN)], "mean": [0.0] * N_CLIN}}
-
 
 def tiny_cfg(*extra: str):
     return load_config("cpu-demo", overrides=[*TINY_OVERRIDES, *extra])
 
 
+def tiny_model(*extra: str) -> AlzheimersLightningModule:
+    """The tiny network, built (like a model without data) from an unfitted spec."""
+    return AlzheimersLightningModule(tiny_cfg(*extra), spec=tiny_spec())
+
+
 def test_fast_dev_run_fit(tmp_path):
     pl.seed_everything(0)
-    cfg = tiny_cfg()
-    model = AlzheimersLightningModule(cfg)
-    trainer = create_trainer(cfg, run_dir=tmp_path, fast_dev_run=True)
+    model = tiny_model()
+    assert not model.spec.fitted
+    trainer = create_trainer(model.cfg, run_dir=tmp_path, fast_dev_run=True)
     trainer.fit(model, datamodule=TinyDataModule())
     assert trainer.global_step == 1
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
-    assert model.preprocessing == TinyDataModule().preprocessing_state()
+    # the model adopted the data's fitted spec, and will save it
+    assert model.spec == TinyDataModule().spec and model.spec.fitted
+    assert model.hparams["spec"] == model.spec.to_dict()
 
 
 @pytest.mark.slow
@@ -99,7 +102,7 @@ def test_fit_checkpoint_roundtrip_identical_predictions(tmp_path):
     pl.seed_everything(0)
     cfg = tiny_cfg("trainer.max_epochs=2")
     dm = TinyDataModule()
-    model = AlzheimersLightningModule(cfg)
+    model = AlzheimersLightningModule(cfg, spec=tiny_spec())
     trainer = create_trainer(cfg, run_dir=tmp_path)
     trainer.fit(model, datamodule=dm)
     for stage in ("train", "val"):
@@ -109,11 +112,12 @@ def test_fit_checkpoint_roundtrip_identical_predictions(tmp_path):
 
     last = tmp_path / "checkpoints" / "last.ckpt"
     raw = torch.load(last, map_location="cpu", weights_only=True)  # plain contents only
-    assert raw["preprocessing"] == dm.preprocessing_state()
+    assert raw["hyper_parameters"]["spec"] == dm.spec.to_dict()  # saved once, fitted
+    assert "preprocessing" not in raw and "MNIDataModule" not in raw
     assert raw["hyper_parameters"]["cfg"]["model"]["embed_dim"] == 6
 
     loaded = AlzheimersLightningModule.load_from_checkpoint(last)
-    assert loaded.preprocessing == dm.preprocessing_state()
+    assert loaded.spec == dm.spec
     assert loaded.cfg == model.cfg
     model.eval()
     loaded.eval()
@@ -136,7 +140,7 @@ def test_fit_checkpoint_roundtrip_identical_predictions(tmp_path):
 
 def test_bf16_mixed_precision_fit_on_cpu(tmp_path):
     cfg = tiny_cfg("trainer.precision=bf16-mixed")
-    model = AlzheimersLightningModule(cfg)
+    model = AlzheimersLightningModule(cfg, spec=tiny_spec())
     trainer = create_trainer(cfg, run_dir=tmp_path, fast_dev_run=True)
     trainer.fit(model, datamodule=TinyDataModule())
     loss = trainer.callback_metrics["train/loss"]
@@ -146,8 +150,13 @@ def test_bf16_mixed_precision_fit_on_cpu(tmp_path):
 def test_fit_start_checks_datamodule_features(tmp_path):
     cfg = tiny_cfg()
     trainer = create_trainer(cfg, run_dir=tmp_path, fast_dev_run=True)
-    with pytest.raises(ValueError, match=r"clinical_features_dim=len\(dm\.feature_names\)"):
-        trainer.fit(AlzheimersLightningModule(cfg), datamodule=TinyDataModule(n_clin=7))
+    with pytest.raises(SpecError, match=r"clinical features: model 5, data 7.*spec=dm\.spec"):
+        trainer.fit(AlzheimersLightningModule(cfg, spec=tiny_spec()),
+                    datamodule=TinyDataModule(n_clin=7))
+    trainer = create_trainer(cfg, run_dir=tmp_path, fast_dev_run=True)
+    with pytest.raises(SpecError, match=r"channels: model 2, data 1"):
+        trainer.fit(AlzheimersLightningModule(cfg, spec=tiny_spec()),
+                    datamodule=TinyDataModule(channels=1))
 
 
 # Feature dropout could hide the NaN feature (it replaces dropped values): off here.
@@ -156,7 +165,7 @@ NO_FEATURE_DROPOUT = "model.clinical_feature_dropout=0.0"
 
 def test_nonfinite_loss_stops_naming_subjects(tmp_path):
     cfg = tiny_cfg(NO_FEATURE_DROPOUT)
-    model = AlzheimersLightningModule(cfg)
+    model = AlzheimersLightningModule(cfg, spec=tiny_spec())
     trainer = create_trainer(cfg, run_dir=tmp_path, fast_dev_run=True)
     with pytest.raises(FloatingPointError, match=r"train-002.*nonfinite_policy=skip"):
         trainer.fit(model, datamodule=TinyDataModule(bad=(2,)))
@@ -164,7 +173,7 @@ def test_nonfinite_loss_stops_naming_subjects(tmp_path):
 
 def test_nonfinite_loss_skip_policy_counts_and_logs():
     cfg = tiny_cfg("trainer.nonfinite_policy=skip", "trainer.max_epochs=1", NO_FEATURE_DROPOUT)
-    model = AlzheimersLightningModule(cfg)
+    model = AlzheimersLightningModule(cfg, spec=tiny_spec())
     trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False)
     dm = TinyDataModule(bad=(5,))
@@ -175,7 +184,7 @@ def test_nonfinite_loss_skip_policy_counts_and_logs():
 
 
 def test_missing_targets_rejected_outside_predict():
-    model = AlzheimersLightningModule(tiny_cfg())
+    model = tiny_model()
     batch = next(iter(DataLoader(RandomCohort(2, targets=False), batch_size=2)))
     with pytest.raises(ValueError, match=r"`targets` must be finite for val.*sub-000"):
         model.validation_step(batch, 0)

@@ -10,6 +10,10 @@ import torch
 from scipy.stats import pearsonr
 from sklearn.metrics import f1_score, r2_score, recall_score, roc_auc_score
 
+from gazimed_lab.config import ConfigError, load_config
+from gazimed_lab.data.clinical import ClinicalStats
+from gazimed_lab.data.grid import get_grid
+from gazimed_lab.data.spec import InputSpec
 from gazimed_lab.models import (
     AlzheimersLightningModule,
     MultimodalAlzheimersNet,
@@ -29,14 +33,26 @@ TINY = dict(
     head_hidden=(16,), dropout=0.0, drop_path_rate=0.0, modality_dropout=0.0,
 )
 TINY_OVERRIDES = [
-    f"model.img_size={list(GRID)}", "model.patch_size=[1,1,1]", "model.embed_dim=6",
+    "model.patch_size=[1,1,1]", "model.embed_dim=6",
     "model.depths=[1,1,1,1]", "model.num_heads=[1,1,2,2]", "model.window_size=[4,4,4]",
-    "model.fusion_dim=16", "model.fusion_heads=2", f"model.clinical_features_dim={N_CLIN}",
+    "model.fusion_dim=16", "model.fusion_heads=2",
     "model.clinical_hidden=[16]", "model.clinical_out_dim=8", "model.head_hidden=[16]",
     "model.drop_path_rate=0.0", "data.batch_size=4", "trainer.accumulate_grad_batches=1",
     "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
     "trainer.accelerator=cpu", "trainer.devices=1", "optim.warmup_epochs=1",
 ]
+
+
+TINY_GRID = get_grid("tiny", list(GRID), np.diag([4.0, 4.0, 4.0, 1.0]))
+
+
+def tiny_spec(channels: int = 2, n_clin: int = N_CLIN, fitted: bool = False) -> InputSpec:
+    """The input spec of the tiny tensors: unfitted (sizes only) or with trivial statistics."""
+    names = [f"f{i}" for i in range(n_clin)]
+    if not fitted:
+        return InputSpec.unfitted(TINY_GRID, channels, feature_names=names)
+    stats = ClinicalStats(names, [0.0] * n_clin, [0.0] * n_clin, [1.0] * n_clin)
+    return InputSpec.fit(TINY_GRID, channels, "whole_brain", stats)
 
 
 def tiny_batch(b: int = 4, channels: int = 2, seed: int = 0, pet_missing=(1,)) -> dict:
@@ -174,7 +190,7 @@ def test_input_shapes_are_checked_with_a_fix():
     batch = tiny_batch()
     with pytest.raises(ValueError, match=r"`images` must have shape \(B, 2, 12, 16, 12\)"):
         net(batch["images"][:, :1], batch["modality_mask"], batch["clinical_features"])
-    with pytest.raises(ValueError, match=r"set `model\.clinical_features_dim`"):
+    with pytest.raises(ValueError, match=r"built for 5 clinical features \(InputSpec"):
         net(batch["images"], batch["modality_mask"], torch.randn(4, 7))
 
 
@@ -194,14 +210,18 @@ def test_keyword_form_of_design_constructs_reference_network():
         clinical_features_dim=118, learning_rate=1e-4, weight_decay=1e-2,
         use_mixed_precision=True, gradient_clip_val=1.0, accumulate_grad_batches=8)
     cfg = model.cfg
-    assert list(cfg.model.img_size) == [91, 120, 91] and cfg.data.channels == 2
+    assert model.spec.img_size == (91, 120, 91) and model.spec.n_features == 118
+    assert model.spec.channels == cfg.data.channels == 2 and not model.spec.fitted
+    assert list(cfg.data.grid_shape) == [91, 120, 91]  # 2 mm voxels, the default grid's origin
+    assert np.allclose(cfg.data.grid_affine, get_grid("mni152_2mm").affine)
     assert cfg.optim.learning_rate == 1e-4 and cfg.optim.weight_decay == 1e-2
     assert cfg.trainer.gradient_clip_val == 1.0 and cfg.trainer.accumulate_grad_batches == 8
     assert cfg.trainer.precision is None  # mixed precision where the hardware has it
     info = model.get_model_info()
     assert info["padded_size"] == [92, 120, 92]
     assert info["parameters"]["mri_encoder"] == info["parameters"]["pet_encoder"] > 1_000_000
-    assert model.hparams["cfg"]["model"]["img_size"] == [91, 120, 91]
+    assert model.hparams["spec"]["grid"]["shape"] == [91, 120, 91]
+    assert model.model is model.net and isinstance(model.model, MultimodalAlzheimersNet)
 
 
 def test_keyword_form_runs_forward_at_small_size():
@@ -217,10 +237,13 @@ def test_keyword_form_runs_forward_at_small_size():
 def test_keyword_errors_name_the_key():
     with pytest.raises(ValueError, match="did you mean `learning_rate`"):
         AlzheimersLightningModule(learning_rat=1e-3)
-    with pytest.raises(ValueError, match=r"`model\.in_channels` must equal `data\.channels`"):
-        from gazimed_lab.config import load_config
-
-        AlzheimersLightningModule(load_config("default", overrides=["data.channels=3"]))
+    with pytest.raises(ConfigError, match=r"`model\.in_channels` must not be set.*data\.channels"):
+        AlzheimersLightningModule({"model": {"in_channels": 3}})
+    with pytest.raises(ConfigError, match=r"`model\.img_size` must not be set.*`data\.grid`"):
+        load_config("default", overrides=["model.img_size=[91,109,91]"])
+    with pytest.raises(ValueError, match=r"`clinical_features_dim` must equal the spec's"):
+        AlzheimersLightningModule(load_config("cpu-demo"), spec=tiny_spec(),
+                                  clinical_features_dim=7)
 
 
 # ---------------------------------------------------------------- losses

@@ -16,6 +16,7 @@ from pytorch_lightning.callbacks import (
 )
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from test_lightning import TinyDataModule, tiny_cfg
+from test_models import tiny_spec
 
 from gazimed_lab.config import load_config
 from gazimed_lab.models import AlzheimersLightningModule, WarmupCosine
@@ -52,7 +53,8 @@ def test_settings_reach_the_trainer(tmp_path):
     assert Path(csv.log_dir) == tmp_path / "logs" / "csv"
     assert Path(tb.log_dir) == tmp_path / "logs" / "tensorboard"
     # run folder
-    assert load_config(tmp_path / "config.yaml") == AlzheimersLightningModule(cfg).cfg
+    model = AlzheimersLightningModule(cfg, spec=tiny_spec())
+    assert load_config(tmp_path / "config.yaml") == model.cfg
     env = (tmp_path / "environment.txt").read_text()
     assert "torch: " in env and "git commit: " in env and "numpy==" in env
 
@@ -63,7 +65,8 @@ def test_precision_defaults_and_keyword_form_settings(tmp_path):
     assert resolve_precision(None, "cpu") == "32-true"
     assert resolve_precision("16-mixed", "cpu") == "16-mixed"
     model = AlzheimersLightningModule(
-        tiny_cfg(), use_mixed_precision=False, gradient_clip_val=2.0, accumulate_grad_batches=5)
+        tiny_cfg(), spec=tiny_spec(), use_mixed_precision=False, gradient_clip_val=2.0,
+        accumulate_grad_batches=5)
     trainer = create_trainer(model.cfg, run_dir=tmp_path)
     assert trainer.precision == "32-true"
     assert trainer.gradient_clip_val == 2.0 and trainer.accumulate_grad_batches == 5
@@ -84,7 +87,7 @@ def test_optimizer_steps_are_batches_over_accumulation(n_train, accumulate, step
     pl.seed_everything(0)
     cfg = tiny_cfg(f"trainer.accumulate_grad_batches={accumulate}", "trainer.max_epochs=1",
                    "data.batch_size=1")
-    model = AlzheimersLightningModule(cfg)
+    model = AlzheimersLightningModule(cfg, spec=tiny_spec())
     trainer = pl.Trainer(max_epochs=1, accumulate_grad_batches=accumulate, limit_val_batches=0,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(model, datamodule=TinyDataModule(n_train=n_train, batch_size=1))
@@ -99,7 +102,7 @@ def test_tiny_run_folder_best_checkpoint_and_lr_schedule(tmp_path):
     cfg = tiny_cfg("trainer.max_epochs=3", "data.batch_size=2", "trainer.save_top_k=2",
                    "trainer.early_stopping=false", "optim.warmup_epochs=1",
                    "optim.learning_rate=0.001", "optim.min_lr=0.00001")
-    model = AlzheimersLightningModule(cfg)
+    model = AlzheimersLightningModule(cfg, spec=tiny_spec())
     trainer = create_trainer(cfg, run_dir=tmp_path)
     trainer.fit(model, datamodule=TinyDataModule(n_train=8, n_val=4, batch_size=2))
     assert trainer.global_step == 12

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gazimed_lab.config import CACHE_DTYPES
 from gazimed_lab.data.grid import Grid
 from gazimed_lab.data.images import ImageError
 from gazimed_lab.data.manifest import ManifestError
@@ -130,8 +131,8 @@ class VolumeCache:
     """
 
     def __init__(self, root: str | Path, dtype: str = "float16") -> None:
-        if dtype not in ("float16", "float32"):
-            raise ValueError(f"`data.cache_dtype` must be float16 or float32, got {dtype!r}")
+        if dtype not in CACHE_DTYPES:
+            raise ValueError(f"`data.cache_dtype` must be one of {CACHE_DTYPES}, got {dtype!r}")
         self.root = Path(root) / "volumes"
         self.dtype = np.dtype(dtype)
         self.builds = 0

@@ -1,12 +1,13 @@
 """``MNIDataModule``: splits, cached volumes, clinical features and batches.
 
-Fit mode (``MNIDataModule(cfg)``) reads ``cfg.data.manifest``, makes
-subject-level splits (saved to ``run_dir/splits``), fits the clinical
-statistics on the training split and serves train / val / test batches
-(``predict_dataloader`` serves the test split). Prediction mode
-(``MNIDataModule(cfg, predict_manifest=csv, preprocessing=state)``) applies a
-saved :meth:`MNIDataModule.preprocessing_state` to another manifest, whose
-targets may be missing.
+``MNIDataModule(cfg)`` reads ``cfg.data.manifest``, makes subject-level splits
+(saved to ``run_dir/splits``), fits the clinical statistics on the training split
+and serves train / val / test batches (``predict_dataloader`` serves the test
+split). What it decides about the model is one object, :attr:`MNIDataModule.spec`
+(an :class:`~gazimed_lab.data.spec.InputSpec`); ``MNIDataModule(cfg, spec=spec)``
+reuses a saved spec (its grid, channels, PET reference and statistics) instead of
+fitting one. Scoring new subjects with a trained model is
+:class:`~gazimed_lab.data.predict.PredictDataModule`.
 
 Subject order comes from :class:`~gazimed_lab.data.sampling.SubjectSampler`:
 seeded per epoch (a resumed run sees the same batches as an uninterrupted one)
@@ -15,7 +16,7 @@ of one process with ``world_size * data.batch_size``.
 
 A batch is a dict::
 
-    images             (B, C, D, H, W) float32   C = data.channels (MRI, PET, PET - MRI)
+    images             (B, C, D, H, W) float32   C = spec.channels (MRI, PET, PET - MRI)
     modality_mask      (B, 2) float32            [MRI present, PET present]
     clinical_features  (B, F) float32            imputed and standardized
     clinical_mask      (B, F) float32            1 = observed, 0 = imputed
@@ -26,7 +27,6 @@ A batch is a dict::
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,32 +41,59 @@ from gazimed_lab.data.clinical import ClinicalStats, align_feature_columns
 from gazimed_lab.data.grid import Grid, grid_from_config
 from gazimed_lab.data.manifest import RESERVED_COLUMNS, Cohort, read_manifest
 from gazimed_lab.data.sampling import SubjectSampler
+from gazimed_lab.data.spec import InputSpec
 from gazimed_lab.data.splits import SPLIT_NAMES, make_splits, write_splits
-from gazimed_lab.data.transforms import MRI_NORMALIZATION, TrainAugment, VolumeDataset
+from gazimed_lab.data.transforms import TrainAugment, VolumeDataset
 
-__all__ = ["PREPROCESSING_VERSION", "MNIDataModule"]
+__all__ = ["MNIDataModule", "build_dataset", "feature_columns_for", "subject_loader"]
 
 log = logging.getLogger(__name__)
 
-#: Version of the :meth:`MNIDataModule.preprocessing_state` layout.
-PREPROCESSING_VERSION = 1
+
+def feature_columns_for(spec: InputSpec, manifest: str | Path) -> list[str] | None:
+    """Return the clinical columns to read from ``manifest`` for a spec with feature names.
+
+    Columns are matched by name (reordered or extra columns warn; missing ones raise,
+    see :func:`~gazimed_lab.data.clinical.align_feature_columns`). ``None`` when the
+    spec has no names (the manifest's own numeric columns are then used).
+    """
+    if spec.feature_names is None:
+        return None
+    path = Path(manifest)
+    if not path.is_file():  # read_manifest reports it
+        return list(spec.feature_names)
+    header = [str(c).strip() for c in pd.read_csv(path, nrows=0).columns]
+    available = [c for c in header if c not in RESERVED_COLUMNS]
+    return align_feature_columns(available, list(spec.feature_names), str(path))
 
 
-_STATE_KEYS = ("grid", "channels", "pet_reference", "feature_names", "medians", "means", "stds")
+def build_dataset(table: pd.DataFrame, spec: InputSpec, cache: VolumeCache,
+                  manifest: str | Path, name: str,
+                  augment: TrainAugment | None = None) -> VolumeDataset:
+    """Cache a split's volumes (as ``spec`` says) and serve them with its features."""
+    arrays, masks = cache_subjects(
+        table, cache, spec.grid, spec.channels, spec.pet_reference, manifest
+    )
+    features, feature_mask = spec.clinical.transform(table, source=f"{name} split")
+    targets = pd.to_numeric(table["target"], errors="coerce").to_numpy(dtype=np.float32)
+    return VolumeDataset(arrays, masks, features, feature_mask, targets,
+                         table["subject_id"].astype(str).tolist(), augment)
 
 
-def _grid_from_state(state: dict[str, Any]) -> Grid:
-    missing = [k for k in _STATE_KEYS if k not in state]
-    if missing:
-        raise ValueError(
-            "`preprocessing` must be a state from MNIDataModule.preprocessing_state(), got "
-            f"one without {missing}"
-        )
-    grid = state["grid"]
-    return Grid(
-        str(grid["name"]),
-        tuple(int(s) for s in grid["shape"]),  # type: ignore[arg-type]
-        tuple(tuple(float(v) for v in row) for row in grid["affine"]),
+def subject_loader(dataset: VolumeDataset, batch_size: int, num_workers: int = 0,
+                   pin_memory: bool = False, train: bool = False, seed: int = 0,
+                   world: int = 1, rank: int = 0) -> DataLoader:
+    """Batches of ``dataset`` in :class:`SubjectSampler` order (this process's share)."""
+    sampler = SubjectSampler(
+        dataset, shuffle=train, seed=seed, num_replicas=world, rank=rank,
+        keyed=train and dataset.augment is not None,
+    )
+    count = len(sampler)
+    # A last batch of one sample breaks batch statistics: drop it in training only.
+    drop_last = train and count > batch_size and count % batch_size == 1
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+        num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
     )
 
 
@@ -81,12 +108,11 @@ class MNIDataModule(pl.LightningDataModule):
     run_dir
         Where ``splits/{train,val,test}.csv`` are written; defaults to
         ``cfg.system.run_dir``.
-    predict_manifest
-        A manifest to predict on (targets optional). Needs ``preprocessing``.
-    preprocessing
-        A :meth:`preprocessing_state` saved at training (e.g. from a
-        checkpoint). Its grid, channels, PET reference and clinical statistics
-        are used instead of fitting new ones.
+    spec
+        An :class:`~gazimed_lab.data.spec.InputSpec` (or its dict) saved at training,
+        e.g. ``model.spec``: its grid, channels, PET reference, cache dtype, feature
+        names and (when fitted) clinical statistics are used instead of the config's
+        data choices and a new fit.
 
     Attributes
     ----------
@@ -94,83 +120,37 @@ class MNIDataModule(pl.LightningDataModule):
         The volume cache (``cache.builds`` / ``cache.hits`` count entries).
     cohort : Cohort or None
         The manifest read (after the first use).
+    grid, channels, pet_reference
+        The data choices in force (the given spec's, else the config's).
     """
 
-    def __init__(
-        self,
-        cfg: Any,
-        run_dir: str | Path | None = None,
-        predict_manifest: str | Path | None = None,
-        preprocessing: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, cfg: Any, run_dir: str | Path | None = None,
+                 spec: InputSpec | dict[str, Any] | None = None) -> None:
         super().__init__()
-        if predict_manifest is not None and preprocessing is None:
-            raise ValueError(
-                "`preprocessing` must be given with `predict_manifest`, got None; pass the "
-                "state saved at training (dm.preprocessing_state() or the checkpoint's)"
-            )
         self.cfg = cfg
         data = cfg.data
         self.run_dir = Path(run_dir if run_dir is not None else cfg.system.run_dir)
-        self.predict_manifest = Path(predict_manifest) if predict_manifest is not None else None
         self.seed = int(cfg.system.seed)
-        self._given = dict(preprocessing) if preprocessing is not None else None
-        if self._given is not None:
-            self.grid = _grid_from_state(self._given)
-            self.channels = int(self._given["channels"])
-            self.pet_reference = str(self._given["pet_reference"])
-            self._given_dtype = str(self._given.get("cache_dtype", data.cache_dtype))
-            self._warn_config_differs(data)
-            dtype = self._given_dtype
-        else:
-            self.grid = grid_from_config(cfg)
-            self.channels = int(data.channels)
-            self.pet_reference = str(data.pet_reference)
-            dtype = str(data.cache_dtype)
-        self.cache = VolumeCache(data.cache_dir, dtype)
+        self._given = InputSpec.from_dict(spec, "spec") if spec is not None else None
+        given = self._given
+        self.grid: Grid = given.grid if given else grid_from_config(cfg)
+        self.channels = int(given.channels if given else data.channels)
+        self.pet_reference = str(given.pet_reference if given else data.pet_reference)
+        self.cache = VolumeCache(data.cache_dir, given.cache_dtype if given else data.cache_dtype)
         self.cohort: Cohort | None = None
         self._splits: dict[str, pd.DataFrame] | None = None
-        self._stats: ClinicalStats | None = None
+        self._spec: InputSpec | None = None
         self._datasets: dict[str, VolumeDataset] = {}
 
     # ------------------------------------------------------------------ tables
-    def _warn_config_differs(self, data: Any) -> None:
-        current = grid_from_config(self.cfg)
-        same = (
-            current.shape == self.grid.shape
-            and np.allclose(current.affine, self.grid.affine)
-            and int(data.channels) == self.channels
-            and str(data.pet_reference) == self.pet_reference
-            and str(data.cache_dtype) == self._given_dtype
-        )
-        if not same:
-            warnings.warn(
-                "using the saved preprocessing instead of the config's data settings: grid "
-                f"{self.grid.name} {self.grid.shape}, channels {self.channels}, pet_reference "
-                f"{self.pet_reference}, cache_dtype {self._given_dtype}",
-                stacklevel=3,
-            )
-
-    def _state_columns(self, path: Path) -> list[str]:
-        """Check the saved feature names against a manifest's header (warn / raise)."""
-        assert self._given is not None
-        if not path.is_file():  # read_manifest reports it
-            return list(self._given["feature_names"])
-        header = [str(c).strip() for c in pd.read_csv(path, nrows=0).columns]
-        available = [c for c in header if c not in RESERVED_COLUMNS]
-        return align_feature_columns(available, list(self._given["feature_names"]), str(path))
-
     def _prepare_tables(self) -> None:
-        """Read the manifest, make the splits and fit (or load) the clinical statistics."""
+        """Read the manifest, make the splits and fit (or take) the input spec."""
         if self._splits is not None:
-            return
-        if self.predict_manifest is not None:
-            self._prepare_predict()
             return
         data = self.cfg.data
         names = list(data.clinical_columns) if data.clinical_columns else None
-        if self._given is not None:
-            names = self._state_columns(Path(data.manifest))
+        if self._given is not None and self._given.feature_names is not None:
+            names = feature_columns_for(self._given, data.manifest)
         # Images are checked (all problems listed at once) when the cache is built.
         self.cohort = read_manifest(
             data.manifest, clinical_columns=names, require_targets=bool(data.require_targets),
@@ -190,100 +170,57 @@ class MNIDataModule(pl.LightningDataModule):
         rank_zero = self.trainer.is_global_zero if self.trainer else rank_zero_only.rank == 0
         if rank_zero:
             write_splits(splits, self.run_dir)
-        if self._given is not None:
-            self._stats = ClinicalStats.from_dict(self._given)
+        if self._given is not None and self._given.fitted:
+            spec = self._given
         else:
-            self._stats = ClinicalStats.fit(
+            stats = ClinicalStats.fit(
                 splits["train"], list(self.cohort.clinical_columns),
                 source=f"train split of {self.cohort.path}",
             )
+            spec = InputSpec.fit(self.grid, self.channels, self.pet_reference, stats,
+                                 str(self.cache.dtype))
+            if self._given is not None:  # unfitted: sizes must agree
+                spec = self._given.adopt(spec, ("given spec", "data"), str(self.cohort.path))
+        self._spec = spec
         self._splits = splits
         log.info("splits: %s", {name: len(part) for name, part in splits.items()})
 
-    def _prepare_predict(self) -> None:
-        assert self._given is not None and self.predict_manifest is not None
-        names = self._state_columns(self.predict_manifest)
-        self.cohort = read_manifest(
-            self.predict_manifest, clinical_columns=names, require_targets=False,
-            check_images=False,
-        )
-        self._stats = ClinicalStats.from_dict(self._given)
-        self._splits = {"predict": self.cohort.table.assign(split="predict")}
-
     @property
     def splits(self) -> dict[str, pd.DataFrame]:
-        """Subject tables per split (``train``/``val``/``test``, or ``predict``)."""
+        """Subject tables per split (``train``/``val``/``test``)."""
         self._prepare_tables()
         assert self._splits is not None
         return self._splits
 
     @property
-    def feature_names(self) -> list[str]:
-        """Clinical feature names, in feature-vector order."""
+    def spec(self) -> InputSpec:
+        """The fitted input contract (grid, channels, clinical statistics, ...)."""
         self._prepare_tables()
-        assert self._stats is not None
-        return list(self._stats.feature_names)
+        assert self._spec is not None
+        return self._spec
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Clinical feature names, in feature-vector order (``spec.feature_names``)."""
+        return list(self.spec.feature_names or ())
 
     @property
     def img_size(self) -> tuple[int, int, int]:
         """Spatial shape (D, H, W) of the image tensors (the grid shape)."""
-        return tuple(int(s) for s in self.grid.shape)  # type: ignore[return-value]
-
-    @property
-    def clinical_stats(self) -> ClinicalStats:
-        """The clinical statistics (fitted on train, or loaded)."""
-        self._prepare_tables()
-        assert self._stats is not None
-        return self._stats
-
-    def preprocessing_state(self) -> dict[str, Any]:
-        """JSON-able preprocessing: grid, channels, PET reference, clinical statistics.
-
-        Pass it back as ``MNIDataModule(cfg, predict_manifest=..., preprocessing=state)``.
-        """
-        stats = self.clinical_stats
-        return {
-            "version": PREPROCESSING_VERSION,
-            "grid": {
-                "name": self.grid.name,
-                "shape": [int(s) for s in self.grid.shape],
-                "affine": [[float(v) for v in row] for row in self.grid.affine_tuple],
-            },
-            "channels": self.channels,
-            "pet_reference": self.pet_reference,
-            "mri_normalization": MRI_NORMALIZATION,
-            "cache_dtype": str(self.cache.dtype),
-            **stats.to_dict(),
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        """Return the preprocessing state (Lightning saves it in checkpoints)."""
-        if self._stats is None:
-            return {}
-        return {"preprocessing_state": self.preprocessing_state()}
+        return self.grid.shape
 
     # ------------------------------------------------------------------ volumes
     def _build_dataset(self, name: str) -> VolumeDataset:
         table = self.splits[name]
         assert self.cohort is not None
-        arrays, masks = cache_subjects(
-            table, self.cache, self.grid, self.channels, self.pet_reference, self.cohort.path
-        )
-        features, feature_mask = self.clinical_stats.transform(table, source=f"{name} split")
         augment = None
         if name == "train" and bool(self.cfg.data.augment):
             augment = TrainAugment.from_config(
                 self.cfg.data, seed=self.seed, spatial_size=self.img_size
             )
-        targets = pd.to_numeric(table["target"], errors="coerce").to_numpy(dtype=np.float32)
-        return VolumeDataset(
-            arrays, masks, features,
-            feature_mask, targets, table["subject_id"].astype(str).tolist(), augment,
-        )
+        return build_dataset(table, self.spec, self.cache, self.cohort.path, name, augment)
 
     def _names_for(self, stage: str | None) -> list[str]:
-        if self.predict_manifest is not None:
-            return ["predict"]
         wanted = {
             "fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"],
         }
@@ -304,6 +241,30 @@ class MNIDataModule(pl.LightningDataModule):
             self._datasets[name] = self._build_dataset(name)
         return self._datasets[name]
 
+    def _set_up(self, name: str) -> VolumeDataset:
+        if name not in self._datasets:
+            stage = {"train": "fit", "val": "fit", "test": "test"}[name]
+            raise RuntimeError(
+                f"`{name}_dataset` must be read after setup, got a data module not set up for "
+                f"it; call datamodule.setup({stage!r}) first"
+            )
+        return self._datasets[name]
+
+    @property
+    def train_dataset(self) -> VolumeDataset:
+        """The training split's dataset (after ``setup("fit")``)."""
+        return self._set_up("train")
+
+    @property
+    def val_dataset(self) -> VolumeDataset:
+        """The validation split's dataset (after ``setup("fit")``)."""
+        return self._set_up("val")
+
+    @property
+    def test_dataset(self) -> VolumeDataset:
+        """The test split's dataset (after ``setup("test")``)."""
+        return self._set_up("test")
+
     # ------------------------------------------------------------------ loaders
     def _processes(self) -> tuple[int, int]:
         """(world size, global rank) of the attached trainer; (1, 0) without one."""
@@ -315,28 +276,12 @@ class MNIDataModule(pl.LightningDataModule):
     def _loader(self, dataset: VolumeDataset, train: bool, shared: bool = True) -> DataLoader:
         """Batches of ``dataset``; ``shared``: this process's share when several run."""
         data = self.cfg.data
-        workers = int(data.num_workers)
-        batch_size = int(data.batch_size)
         world, rank = self._processes() if shared else (1, 0)
-        sampler = SubjectSampler(
-            dataset, shuffle=train, seed=self.seed, num_replicas=world, rank=rank,
-            keyed=train and dataset.augment is not None,
-        )
-        count = len(sampler)
-        # A last batch of one sample breaks batch statistics: drop it in training only.
-        drop_last = train and count > batch_size and count % batch_size == 1
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=drop_last,
-            num_workers=workers,
-            pin_memory=bool(data.pin_memory),
-            persistent_workers=workers > 0,
-        )
+        return subject_loader(dataset, int(data.batch_size), int(data.num_workers),
+                              bool(data.pin_memory), train, self.seed, world, rank)
 
     def split_dataloader(self, name: str, augment: bool = False) -> DataLoader:
-        """Loader over one split (``train``/``val``/``test``/``predict``), in subject order.
+        """Loader over one split (``train``/``val``/``test``), in subject order.
 
         Without ``augment`` even the train split is served unaugmented and
         unshuffled (e.g. to write predictions for every split). Always the whole
@@ -354,32 +299,21 @@ class MNIDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented (``data.augment``) training batches."""
-        self._require_fit_mode("train_dataloader")
         return self._loader(self._dataset("train"), train=True)
 
     def val_dataloader(self) -> DataLoader:
         """Serve validation batches (no augmentation, fixed order)."""
-        self._require_fit_mode("val_dataloader")
         return self._loader(self._dataset("val"), train=False)
 
     def test_dataloader(self) -> DataLoader:
         """Test batches (no augmentation, fixed order)."""
-        self._require_fit_mode("test_dataloader")
         return self._loader(self._dataset("test"), train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """Serve the prediction manifest, or the test split in fit mode."""
-        name = "predict" if self.predict_manifest is not None else "test"
-        if name == "test" and len(self.splits["test"]) == 0:
+        """Serve the test split (score new subjects with ``PredictDataModule``)."""
+        if len(self.splits["test"]) == 0:
             raise ValueError(
                 "test split must hold subjects to predict, got 0; set data.test_fraction > 0 or "
-                "pass predict_manifest"
+                "score a manifest with PredictDataModule / predict_manifest"
             )
-        return self._loader(self._dataset(name), train=False)
-
-    def _require_fit_mode(self, what: str) -> None:
-        if self.predict_manifest is not None:
-            raise RuntimeError(
-                f"`{what}` must be used in fit mode, got a data module in prediction mode "
-                f"({self.predict_manifest}); use predict_dataloader"
-            )
+        return self._loader(self._dataset("test"), train=False)

@@ -32,6 +32,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from gazimed_lab.config import PET_REFERENCES
 from gazimed_lab.data.grid import Grid, get_grid, template_on_grid
 from gazimed_lab.data.images import problem
 
@@ -44,8 +45,6 @@ __all__ = [
     "reference_mask",
 ]
 
-#: Reference regions accepted by :func:`normalize_pet` (``data.pet_reference``).
-PET_REFERENCES: tuple[str, ...] = ("whole_brain", "cerebellum", "pons")
 
 _PONS_CENTER = np.array([0.0, -25.0, -35.0])
 _PONS_HALF_WIDTH_MM = 8.0

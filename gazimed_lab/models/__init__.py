@@ -9,10 +9,11 @@ from gazimed_lab.models.lightning import (
     AlzheimersLightningModule,
     flatten_predictions,
     resolve_config,
+    resolve_spec,
 )
 from gazimed_lab.models.losses import ScoreLoss
 from gazimed_lab.models.metrics import METRIC_NAMES, ScoreMetrics
-from gazimed_lab.models.network import MultimodalAlzheimersNet
+from gazimed_lab.models.network import MultimodalAlzheimersNet, build_network, network_kwargs
 from gazimed_lab.models.optim import WarmupCosine, build_optimizer, param_groups
 
 __all__ = [
@@ -26,9 +27,12 @@ __all__ = [
     "ScoreMetrics",
     "SwinImageEncoder",
     "WarmupCosine",
+    "build_network",
     "build_optimizer",
     "flatten_predictions",
+    "network_kwargs",
     "padded_grid",
     "param_groups",
     "resolve_config",
+    "resolve_spec",
 ]

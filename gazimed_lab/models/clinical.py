@@ -76,8 +76,8 @@ class ClinicalEncoder(nn.Module):
         if features.ndim != 2 or features.shape[1] != self.features_dim:
             raise ValueError(
                 f"`clinical_features` must have shape (B, {self.features_dim}), got "
-                f"{tuple(features.shape)}; set `model.clinical_features_dim` to the number of "
-                "clinical columns the data provides"
+                f"{tuple(features.shape)}; the network was built for {self.features_dim} "
+                "clinical features (InputSpec.n_features): build it from the data's spec"
             )
         if mask is None:
             mask = torch.isfinite(features)

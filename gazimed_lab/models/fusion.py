@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gazimed_lab.config import POOLINGS
 from gazimed_lab.models.standardize import SubjectStandardize
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
     "SubjectStandardize",
     "sincos_position_code",
 ]
-
-POOLINGS = ("attention", "flatten", "mean")
 
 
 def sincos_position_code(grid: Sequence[int], dim: int) -> torch.Tensor:

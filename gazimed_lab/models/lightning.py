@@ -1,37 +1,44 @@
 """``AlzheimersLightningModule``: wires the network, loss, metrics and optimizer.
 
 Thin by design (lightning-hydra-template style): the architecture lives in
-:mod:`gazimed_lab.models.network`, everything else in its own module. The
-resolved config is saved as a plain dict in the hyperparameters, and the data
-preprocessing statistics in the checkpoint, so ``load_from_checkpoint(path)``
-needs nothing else.
+:mod:`gazimed_lab.models.network`, everything else in its own module. Two things
+are saved in the hyperparameters, hence in every checkpoint: the resolved config
+(what the user chose) and the fitted :class:`~gazimed_lab.data.spec.InputSpec`
+(what the data decided), so ``load_from_checkpoint(path)`` needs nothing else.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
+import inspect
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from gazimed_lab import __version__
 from gazimed_lab.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
 from gazimed_lab.data.grid import grid_from_config
 from gazimed_lab.data.sampling import derive_seed
+from gazimed_lab.data.spec import InputSpec, SpecError
 from gazimed_lab.models.losses import ScoreLoss
 from gazimed_lab.models.metrics import ScoreMetrics
-from gazimed_lab.models.network import MultimodalAlzheimersNet
+from gazimed_lab.models.network import build_network
 from gazimed_lab.models.optim import build_optimizer
 
-__all__ = ["AlzheimersLightningModule", "flatten_predictions", "resolve_config"]
+__all__ = ["AlzheimersLightningModule", "flatten_predictions", "resolve_config", "resolve_spec"]
 
 _SECTIONS = ("model", "optim", "trainer", "data", "system")
+#: Keywords of the reference design that describe the data, not a config field.
+_SPEC_KEYWORDS = ("img_size", "in_channels", "clinical_features_dim")
+#: Batch entries a network reads, in the order of the tensor form of ``forward``.
+NETWORK_INPUTS = ("images", "clinical_features", "modality_mask", "clinical_mask")
 
 
 def _field_sections() -> dict[str, list[str]]:
@@ -42,7 +49,7 @@ def _field_sections() -> dict[str, list[str]]:
     return out
 
 
-def _keyword_paths(key: str, value: Any) -> list[tuple[str, Any]]:
+def _keyword_paths(key: str, value: Any, base: DictConfig) -> list[tuple[str, Any]]:
     """Config paths and values for one keyword argument of the keyword form."""
     if isinstance(value, tuple):
         value = list(value)
@@ -50,10 +57,18 @@ def _keyword_paths(key: str, value: Any) -> list[tuple[str, Any]]:
         # True: mixed precision where the hardware has it (trainer.precision None = auto).
         return [("trainer.precision", None if value else "32-true")]
     if key == "in_channels":
-        return [("model.in_channels", value), ("data.channels", value)]
+        return [("data.channels", value)]
+    if key == "img_size":
+        grid = grid_from_config(base)
+        if [int(v) for v in value] == list(grid.shape):
+            return []
+        # Another size on the configured grid's voxel size and origin: a custom grid.
+        return [("data.grid_shape", [int(v) for v in value]),
+                ("data.grid_affine", [list(row) for row in grid.affine_tuple])]
     sections = _field_sections().get(key)
     if not sections:
-        close = difflib.get_close_matches(key, [*_field_sections(), "use_mixed_precision"], n=1)
+        known = [*_field_sections(), "use_mixed_precision", *_SPEC_KEYWORDS]
+        close = difflib.get_close_matches(key, known, n=1)
         hint = f"; did you mean `{close[0]}`?" if close else ""
         raise ConfigError(f"keyword `{key}` must be a config field name, got an unknown name{hint}")
     if len(sections) > 1:
@@ -67,8 +82,9 @@ def _keyword_paths(key: str, value: Any) -> list[tuple[str, Any]]:
 def resolve_config(cfg: Any = None, overrides: dict[str, Any] | None = None) -> DictConfig:
     """Build a checked config from ``cfg`` (config, dict, preset, YAML or None) + keywords.
 
-    ``model.img_size`` is filled from the data grid when unset, and
-    ``model.in_channels`` must equal ``data.channels`` for the image modes.
+    Keywords name config fields (``learning_rate=1e-4``), or are ``use_mixed_precision``,
+    ``in_channels`` (sets ``data.channels``) or ``img_size`` (a grid of that shape on
+    the configured grid's voxel size and origin).
     """
     if cfg is None:
         base = load_config("default")
@@ -81,26 +97,57 @@ def resolve_config(cfg: Any = None, overrides: dict[str, Any] | None = None) -> 
     else:
         raise TypeError(f"`cfg` must be a config, dict, preset name or YAML path, got {type(cfg)}")
     for key, value in (overrides or {}).items():
-        for path, val in _keyword_paths(key, value):
+        for path, val in _keyword_paths(key, value, base):
             try:
                 OmegaConf.update(base, path, val, merge=False)
             except Exception as exc:  # omegaconf validation errors
                 raise ConfigError(f"keyword `{key}` is not valid for `{path}`: {exc}") from exc
-    model = base.model
-    if model.mode != "clinical_only":
-        if model.img_size is None:
-            model.img_size = list(grid_from_config(base).shape)
-        if model.in_channels != base.data.channels:
-            raise ConfigError(
-                f"`model.in_channels` must equal `data.channels`, got {model.in_channels} and "
-                f"{base.data.channels}; set both (the keyword `in_channels` sets both)"
-            )
     return config_from_dict(config_to_dict(base))
 
 
-def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """Network arguments from the ``model`` section."""
-    return config_to_dict(cfg)["model"]
+def _manifest_columns(cfg: DictConfig) -> list[str] | None:
+    """Clinical columns the data module will read, without fitting anything."""
+    data = cfg.data
+    if data.clinical_columns:
+        return [str(c) for c in data.clinical_columns]
+    manifest = Path(str(data.manifest))
+    if not manifest.is_file():
+        return None
+    from gazimed_lab.data.manifest import read_manifest
+
+    return read_manifest(manifest, require_targets=False, check_images=False).clinical_columns
+
+
+def resolve_spec(cfg: DictConfig, spec: InputSpec | dict[str, Any] | None = None,
+                 n_features: int | None = None) -> InputSpec:
+    """Return the input spec a model is built from.
+
+    ``spec`` when given (e.g. ``dm.spec``, or a checkpoint's); else an unfitted spec
+    from the config's data choices, with the clinical columns of ``data.clinical_columns``
+    or of the manifest's header, or ``n_features`` (the keyword
+    ``clinical_features_dim``). At fit time the model adopts the data module's fitted
+    spec (:meth:`InputSpec.adopt`).
+    """
+    if spec is not None:
+        spec = InputSpec.from_dict(spec, "spec")
+        if n_features is not None and int(n_features) != spec.n_features:
+            raise SpecError(
+                f"`clinical_features_dim` must equal the spec's feature count "
+                f"{spec.n_features}, got {n_features}; leave it out when passing a spec"
+            )
+        return spec
+    data = cfg.data
+    grid = grid_from_config(cfg)
+    names = None if n_features is not None else _manifest_columns(cfg)
+    if names is None and n_features is None:
+        if cfg.model.mode != "image_only":
+            raise SpecError(
+                f"the clinical feature count must be known to build the clinical encoder, got "
+                f"no manifest at `data.manifest` ({data.manifest}) and no data.clinical_columns;"
+                " pass spec=dm.spec, or clinical_features_dim=N"
+            )
+    return InputSpec.unfitted(grid, int(data.channels), str(data.pet_reference),
+                              n_features, names, str(data.cache_dtype))
 
 
 def flatten_predictions(outputs: list[Any]) -> list[dict[str, Any]]:
@@ -114,6 +161,41 @@ def flatten_predictions(outputs: list[Any]) -> list[dict[str, Any]]:
     return records
 
 
+def default_modality_mask(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 2)`` presence mask for an image tensor: MRI present, PET where it is nonzero."""
+    batch = images.shape[0]
+    pet = (images[:, 1:].reshape(batch, -1) != 0).any(dim=1) if images.shape[1] > 1 else (
+        torch.zeros(batch, dtype=torch.bool, device=images.device))
+    return torch.stack([torch.ones_like(pet), pet], dim=1).to(images.dtype)
+
+
+class _CustomNetworkCall:
+    """Calls a user's ``nn.Module`` with the batch entries its ``forward`` names.
+
+    A forward naming none of :data:`NETWORK_INPUTS` gets the image tensor alone,
+    positionally (``forward(self, x)``). Its output must be one logit per subject.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        params = inspect.signature(network.forward).parameters
+        self.name = type(network).__qualname__
+        self.keywords = [name for name in NETWORK_INPUTS if name in params]
+
+    def __call__(self, network: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        if self.keywords:
+            out = network(**{k: inputs[k] for k in self.keywords})
+        else:
+            out = network(inputs["images"])
+        if not torch.is_tensor(out) or out.ndim not in (1, 2) or (
+                out.ndim == 2 and out.shape[1] != 1):
+            got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+            raise ValueError(
+                f"custom network `{self.name}` must return one logit per subject, shape (B,) "
+                f"or (B, 1), got {got}"
+            )
+        return out.reshape(-1)
+
+
 class AlzheimersLightningModule(pl.LightningModule):
     """Train, evaluate and predict the Alzheimer's disease score.
 
@@ -122,32 +204,48 @@ class AlzheimersLightningModule(pl.LightningModule):
     cfg
         A config from :func:`gazimed_lab.load_config`, a preset name / YAML path,
         a plain dict (as saved in checkpoints), or ``None`` for the defaults.
+    spec
+        The data's :class:`~gazimed_lab.data.spec.InputSpec` (``dm.spec``) or its dict.
+        Without it the model is built from the config's data choices and the
+        manifest's columns, and adopts the data module's fitted spec when fit starts.
+    model
+        Bring your own network (any ``nn.Module``) instead of the configured one;
+        it is trained with the same data, loss, metrics, optimizer and run folder.
+        Its ``forward`` receives the batch entries it names among ``images``,
+        ``clinical_features``, ``modality_mask`` and ``clinical_mask`` (or the
+        images alone, positionally) and returns one logit per subject.
     **kwargs
         Keyword form of the reference design: any config field by its name
-        (``img_size``, ``patch_size``, ``in_channels``, ``clinical_features_dim``,
-        ``learning_rate``, ``weight_decay``, ``gradient_clip_val``,
-        ``accumulate_grad_batches``, ...) plus ``use_mixed_precision``. They
-        override ``cfg``; trainer settings land in ``self.cfg.trainer`` so that
-        ``create_trainer(model.cfg)`` honours them.
+        (``patch_size``, ``learning_rate``, ``weight_decay``, ``gradient_clip_val``,
+        ``accumulate_grad_batches``, ...), ``use_mixed_precision``, and the data sizes
+        ``img_size``, ``in_channels``, ``clinical_features_dim``. Trainer settings land
+        in ``self.cfg.trainer`` so that ``create_trainer(model.cfg)`` honours them.
 
     Attributes
     ----------
     cfg : omegaconf.DictConfig
-        The resolved configuration (``model.img_size`` filled in from the grid).
-    net : MultimodalAlzheimersNet
-        The network.
-    preprocessing : dict or None
-        The datamodule's ``preprocessing_state()`` taken at fit start; saved in
-        and restored from checkpoints under the ``"preprocessing"`` key.
+        The resolved configuration.
+    spec : InputSpec
+        The input contract (fitted once the model has been fit on a data module).
+    model : torch.nn.Module
+        The network (``net`` is the same object).
     skipped_nonfinite : int
         Training batches skipped for a non-finite loss (policy ``skip``).
     """
 
-    def __init__(self, cfg: Any = None, **kwargs: Any) -> None:
+    def __init__(self, cfg: Any = None, spec: InputSpec | dict[str, Any] | None = None,
+                 model: nn.Module | None = None, **kwargs: Any) -> None:
         super().__init__()
+        n_features = kwargs.pop("clinical_features_dim", None)
         self.cfg = resolve_config(cfg, kwargs)
-        self.save_hyperparameters({"cfg": config_to_dict(self.cfg)})
-        self.net = MultimodalAlzheimersNet(**model_kwargs(self.cfg))
+        self.spec = resolve_spec(self.cfg, spec, n_features)
+        hparams: dict[str, Any] = {"cfg": config_to_dict(self.cfg), "spec": self.spec.to_dict()}
+        self._custom = _CustomNetworkCall(model) if model is not None else None
+        if model is not None:
+            hparams["custom_model"] = self._custom.name  # type: ignore[union-attr]
+        self.save_hyperparameters(hparams)
+        self.model: nn.Module = model if model is not None else build_network(
+            self.cfg.model, self.spec)
         optim = self.cfg.optim
         self.loss_fn = ScoreLoss(
             optim.loss,
@@ -158,21 +256,47 @@ class AlzheimersLightningModule(pl.LightningModule):
         self.train_metrics = ScoreMetrics("train", self.threshold)
         self.val_metrics = ScoreMetrics("val", self.threshold)
         self.test_metrics = ScoreMetrics("test", self.threshold)
-        self.preprocessing: dict[str, Any] | None = None
         self.skipped_nonfinite = 0
 
-    # ----------------------------------------------------------------- forward
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Scores ``(B,)`` in [0, 1] for a batch dict (see the datamodule)."""
-        return torch.sigmoid(self._logits(batch).float())
+    @property
+    def net(self) -> nn.Module:
+        """The network (an alias of :attr:`model`)."""
+        return self.model
 
-    def _logits(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.net.logits(
-            images=batch.get("images"),
-            modality_mask=batch.get("modality_mask"),
-            clinical_features=batch.get("clinical_features"),
-            clinical_mask=batch.get("clinical_mask"),
-        )
+    def set_spec(self, spec: InputSpec) -> None:
+        """Take a (fitted) spec; it is saved with the next checkpoint."""
+        self.spec = spec
+        self.hparams["spec"] = spec.to_dict()
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        batch: Mapping[str, Any] | torch.Tensor | None,
+        clinical_features: torch.Tensor | None = None,
+        modality_mask: torch.Tensor | None = None,
+        clinical_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scores ``(B,)`` in [0, 1].
+
+        Either a batch dict (see the data module) or tensors:
+        ``model(images, clinical_features)``. With tensors, ``modality_mask``
+        defaults to MRI present and PET present where its channels are nonzero (the
+        data module zeroes a missing PET), ``clinical_mask`` to the finite values.
+        """
+        if isinstance(batch, Mapping):
+            inputs = {k: batch.get(k) for k in NETWORK_INPUTS}
+        else:
+            if batch is not None and modality_mask is None:
+                modality_mask = default_modality_mask(batch)
+            inputs = {"images": batch, "clinical_features": clinical_features,
+                      "modality_mask": modality_mask, "clinical_mask": clinical_mask}
+        return torch.sigmoid(self._logits(inputs).float())
+
+    def _logits(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        inputs = {k: batch.get(k) for k in NETWORK_INPUTS}
+        if self._custom is not None:
+            return self._custom(self.model, inputs)
+        return self.model.logits(**inputs)  # type: ignore[operator]
 
     def _step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         targets = batch["targets"].float()
@@ -282,7 +406,7 @@ class AlzheimersLightningModule(pl.LightningModule):
             )
         epochs = self.trainer.max_epochs
         per_epoch = math.ceil(total / epochs) if epochs and epochs > 0 else int(total)
-        optimizer, scheduler = build_optimizer(self.net, self.cfg.optim, int(total), per_epoch)
+        optimizer, scheduler = build_optimizer(self.model, self.cfg.optim, int(total), per_epoch)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
@@ -290,51 +414,46 @@ class AlzheimersLightningModule(pl.LightningModule):
 
     # ------------------------------------------------------ data state / ckpts
     def on_fit_start(self) -> None:
-        """Check the model against the datamodule and take its preprocessing statistics."""
+        """Meet the data module's input spec: adopt it when it fits, else fail naming why."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        self._check_datamodule(datamodule)
-        state_fn = getattr(datamodule, "preprocessing_state", None)
-        if callable(state_fn):
-            state = state_fn()
-            try:
-                self.preprocessing = json.loads(json.dumps(state))
-            except (TypeError, ValueError) as exc:
-                raise TypeError(
-                    f"`preprocessing_state()` must return a JSON-able dict, got {type(state)}: "
-                    f"{exc}"
-                ) from exc
-
-    def _check_datamodule(self, datamodule: Any) -> None:
-        """Fail before training when the data does not fit the network (grid, features)."""
-        net = self.net
-        names = getattr(datamodule, "feature_names", None)
-        if net.uses_clinical and isinstance(names, (list, tuple)) and names:
-            if len(names) != net.clinical_features_dim:
-                raise ValueError(
-                    f"`model.clinical_features_dim` must equal the number of clinical columns "
-                    f"of the data ({len(names)}), got {net.clinical_features_dim}; build the "
-                    "model with clinical_features_dim=len(dm.feature_names)"
-                )
-        size = getattr(datamodule, "img_size", None)
-        if net.uses_images and isinstance(size, (list, tuple)):
-            if tuple(int(s) for s in size) != net.img_size:
-                raise ValueError(
-                    f"`model.img_size` must equal the data grid {tuple(size)}, got "
-                    f"{net.img_size}; leave model.img_size unset to follow data.grid"
-                )
+        data_spec = getattr(datamodule, "spec", None)
+        if isinstance(data_spec, InputSpec):
+            self.set_spec(self.spec.adopt(data_spec, ("model", "data")))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the preprocessing statistics and the package version (plain types)."""
-        checkpoint["preprocessing"] = self.preprocessing
+        """Record the package version (the spec travels in the hyperparameters)."""
         checkpoint["gazimed_lab_version"] = __version__
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the preprocessing statistics."""
-        self.preprocessing = checkpoint.get("preprocessing")
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, map_location: Any = None, hparams_file: Any = None,
+        strict: bool | None = None, **kwargs: Any,
+    ) -> AlzheimersLightningModule:
+        """Rebuild a model from a checkpoint alone (safe read; older layouts migrated).
+
+        ``cfg=`` replaces the saved config (its ``model`` section must still fit the
+        weights), ``model=`` supplies a custom network. See
+        :func:`gazimed_lab.checkpoints.load_checkpoint`.
+        """
+        from gazimed_lab.checkpoints import load_checkpoint
+
+        if hparams_file is not None:
+            raise ValueError("`hparams_file` must be None: the config and spec are inside "
+                             f"the checkpoint, got {hparams_file}")
+        model = load_checkpoint(checkpoint_path, cfg=kwargs.pop("cfg", None),
+                                model=kwargs.pop("model", None),
+                                strict=True if strict is None else bool(strict))
+        if kwargs:
+            raise TypeError(f"load_from_checkpoint got unexpected arguments {sorted(kwargs)}")
+        return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model
 
     def get_model_info(self) -> dict[str, Any]:
         """Parameters per component, input grid and padding, loss and precision settings."""
-        info = self.net.get_model_info()
+        get_info = getattr(self.model, "get_model_info", None)
+        info: dict[str, Any] = get_info() if callable(get_info) else {
+            "custom_model": type(self.model).__qualname__,
+            "parameters": {"total": sum(p.numel() for p in self.model.parameters())},
+        }
         info.update(
             loss=self.cfg.optim.loss,
             precision=self.cfg.trainer.precision,

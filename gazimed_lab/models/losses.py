@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LOSSES", "ScoreLoss"]
+from gazimed_lab.config import LOSSES
 
-LOSSES = ("mse", "mae", "huber", "bce")
+__all__ = ["LOSSES", "ScoreLoss"]
 
 
 class ScoreLoss(nn.Module):

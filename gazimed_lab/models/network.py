@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from gazimed_lab.config import MODES, ModelConfig
 from gazimed_lab.models.clinical import ClinicalEncoder, mlp
 from gazimed_lab.models.encoders import N_STAGES, SwinImageEncoder, check_triple
 from gazimed_lab.models.fusion import CrossModalFusion, SubjectStandardize
 
-__all__ = ["MODES", "MultimodalAlzheimersNet"]
+if TYPE_CHECKING:
+    from gazimed_lab.data.spec import InputSpec
 
-MODES = ("multimodal", "image_only", "clinical_only")
+__all__ = ["MODES", "MultimodalAlzheimersNet", "build_network", "network_kwargs"]
+
+_D = ModelConfig()  # the defaults, typed once in the config
 
 
 def _count(module: nn.Module | None) -> int:
@@ -24,7 +28,10 @@ def _count(module: nn.Module | None) -> int:
 class MultimodalAlzheimersNet(nn.Module):
     """Alzheimer's disease score in [0, 1] from MRI [+ PET] volumes and clinical features.
 
-    The arguments are the fields of :class:`gazimed_lab.config.ModelConfig`.
+    The arguments are the fields of :class:`gazimed_lab.config.ModelConfig` (the user's
+    choices, whose defaults they take) plus the three sizes the data decide:
+    ``in_channels``, ``img_size`` and ``clinical_features_dim``. :func:`build_network`
+    takes those from an :class:`~gazimed_lab.data.spec.InputSpec`.
     Channel 0 of ``images`` is the MRI and goes to the MRI encoder; channels
     ``1..`` (PET, and PET-MRI when ``in_channels == 3``) go to the PET encoder.
     Each modality is encoded once per forward pass. MRI tokens attend to PET
@@ -56,29 +63,29 @@ class MultimodalAlzheimersNet(nn.Module):
 
     def __init__(
         self,
-        mode: str = "multimodal",
+        mode: str = _D.mode,
         in_channels: int = 2,
         img_size: Sequence[int] | None = None,
-        patch_size: Sequence[int] = (4, 4, 4),
-        embed_dim: int = 96,
-        depths: Sequence[int] = (2, 2, 6, 2),
-        num_heads: Sequence[int] = (3, 6, 12, 24),
-        window_size: Sequence[int] = (7, 7, 7),
-        shared_encoder: bool = False,
-        fusion_stages: Sequence[int] = (3, 4),
-        fusion_pooling: str = "attention",
-        clinical_feature_dropout: float = 0.0,
-        fusion_pool_queries: int = 4,
-        fusion_heads: int = 8,
-        fusion_dim: int = 256,
+        patch_size: Sequence[int] = tuple(_D.patch_size),
+        embed_dim: int = _D.embed_dim,
+        depths: Sequence[int] = tuple(_D.depths),
+        num_heads: Sequence[int] = tuple(_D.num_heads),
+        window_size: Sequence[int] = tuple(_D.window_size),
+        shared_encoder: bool = _D.shared_encoder,
+        fusion_stages: Sequence[int] = tuple(_D.fusion_stages),
+        fusion_pooling: str = _D.fusion_pooling,
+        clinical_feature_dropout: float = _D.clinical_feature_dropout,
+        fusion_pool_queries: int = _D.fusion_pool_queries,
+        fusion_heads: int = _D.fusion_heads,
+        fusion_dim: int = _D.fusion_dim,
         clinical_features_dim: int = 118,
-        clinical_hidden: Sequence[int] = (256, 512, 256),
-        clinical_out_dim: int = 128,
-        head_hidden: Sequence[int] = (256, 64),
-        dropout: float = 0.1,
-        drop_path_rate: float = 0.1,
-        modality_dropout: float = 0.1,
-        activation_checkpointing: bool = False,
+        clinical_hidden: Sequence[int] = tuple(_D.clinical_hidden),
+        clinical_out_dim: int = _D.clinical_out_dim,
+        head_hidden: Sequence[int] = tuple(_D.head_hidden),
+        dropout: float = _D.dropout,
+        drop_path_rate: float = _D.drop_path_rate,
+        modality_dropout: float = _D.modality_dropout,
+        activation_checkpointing: bool = _D.activation_checkpointing,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -284,3 +291,19 @@ class MultimodalAlzheimersNet(nn.Module):
                 stage_channels=list(enc.stage_channels),
             )
         return info
+
+
+def network_kwargs(model_cfg: Any, spec: InputSpec) -> dict[str, Any]:
+    """Arguments of :class:`MultimodalAlzheimersNet`: the ``model`` config plus the spec's sizes."""
+    from omegaconf import DictConfig, OmegaConf
+
+    values = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(
+        model_cfg, DictConfig) else dict(model_cfg)
+    assert isinstance(values, dict)
+    return {**{str(k): v for k, v in values.items()}, "in_channels": spec.channels,
+            "img_size": spec.img_size, "clinical_features_dim": spec.n_features or 0}
+
+
+def build_network(model_cfg: Any, spec: InputSpec) -> MultimodalAlzheimersNet:
+    """Build the network of a ``model`` config section and an input spec (its only data input)."""
+    return MultimodalAlzheimersNet(**network_kwargs(model_cfg, spec))
