@@ -13,6 +13,7 @@ The feature table itself lives in :mod:`gazimed_lab.data.synthetic_features`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -21,9 +22,14 @@ from scipy.special import ndtri
 from gazimed_lab.data.synthetic_features import FEATURES, Feature
 
 __all__ = [
+    "AGE_MODEL",
     "CLINICAL_VIEW_SD",
     "DIAGNOSIS_CUTS",
+    "EDUCATION_MODEL",
     "IMAGE_VIEW_SD",
+    "S_MIXTURE",
+    "S_RANGE",
+    "LinearView",
     "clinical_table",
     "draw_subjects",
     "missing_groups",
@@ -38,14 +44,54 @@ CLINICAL_VIEW_SD = 0.25
 #: SD of the noise between ``s`` and what each image modality sees.
 IMAGE_VIEW_SD = 0.3
 
-# Mixture of beta distributions for s: (weight, a, b) for CN, MCI and AD-like groups.
-_MIXTURE = ((0.40, 2.0, 9.0), (0.35, 9.0, 9.0), (0.25, 8.0, 2.5))
+#: Mixture of beta distributions for s: (weight, a, b) for CN, MCI and AD-like groups.
+S_MIXTURE = ((0.40, 2.0, 9.0), (0.35, 9.0, 9.0), (0.25, 8.0, 2.5))
+_MIXTURE = S_MIXTURE
+#: ``s`` is clipped to this range after the beta draw.
+S_RANGE = (0.005, 0.995)
 _SITE_P = (0.30, 0.30, 0.25, 0.15)
 # Fixed standardization constants (not fitted on the cohort, so a subject's values
 # do not depend on who else is in it).
 _S_MEAN, _S_SD = 0.42, 0.27
 _AGE_MEAN, _AGE_SD = 72.0, 7.0
 _EDU_MEAN, _EDU_SD = 15.5, 3.0
+
+
+@dataclass(frozen=True)
+class LinearView:
+    """A demographic drawn from ``s`` itself: a weak, independent view of ``s``.
+
+    The value is ``clip(at_mean + slope * (s - 0.42) + N(0, sd), lo, hi)`` rounded to
+    ``step``; in units of ``s`` its noise SD is ``sd / |slope|``.
+    """
+
+    at_mean: float
+    slope: float
+    sd: float
+    lo: float
+    hi: float
+    step: float
+
+    def expected(self, s: np.ndarray) -> np.ndarray:
+        """Return the mean value (before noise, clipping and rounding) at scores ``s``."""
+        return self.at_mean + self.slope * (np.asarray(s, dtype=np.float64) - _S_MEAN)
+
+    def to_s(self, value: np.ndarray) -> np.ndarray:
+        """Convert a value to units of ``s`` (unbiased where not clipped)."""
+        return _S_MEAN + (np.asarray(value, dtype=np.float64) - self.at_mean) / self.slope
+
+    @property
+    def s_sd(self) -> float:
+        """Noise SD of :meth:`to_s` in units of ``s``."""
+        return self.sd / abs(self.slope)
+
+
+#: Age rises weakly with ``s`` (a clinical feature that sees ``s`` itself, not a view).
+AGE_MODEL = LinearView(at_mean=70.0, slope=9.0, sd=6.5, lo=55.0, hi=90.0, step=0.1)
+_EDU_SLOPE = 0.6  # years of education lost per SD of ``s`` (``_S_SD``)
+#: Education falls weakly with ``s`` (``15.5 - 0.6 * (s - 0.42) / 0.27 + N(0, 2.9)``).
+EDUCATION_MODEL = LinearView(at_mean=15.5, slope=-_EDU_SLOPE / _S_SD, sd=2.9, lo=6.0, hi=22.0,
+                             step=1.0)
 
 
 def _z(x: np.ndarray, mean: float, sd: float) -> np.ndarray:
@@ -69,19 +115,22 @@ def draw_subjects(n: int, rng: np.random.Generator) -> pd.DataFrame:
         ``sex_male``, ``site`` (``"site1"`` ... ``"site4"``), ``education_years``,
         ``s_clin``, ``s_mri`` and ``s_pet`` (the three noisy views of ``s``).
     """
-    comp = rng.choice(len(_MIXTURE), size=n, p=[m[0] for m in _MIXTURE])
-    a = np.array([m[1] for m in _MIXTURE])[comp]
-    b = np.array([m[2] for m in _MIXTURE])[comp]
-    s = np.clip(rng.beta(a, b), 0.005, 0.995)
+    comp = rng.choice(len(S_MIXTURE), size=n, p=[m[0] for m in S_MIXTURE])
+    a = np.array([m[1] for m in S_MIXTURE])[comp]
+    b = np.array([m[2] for m in S_MIXTURE])[comp]
+    s = np.clip(rng.beta(a, b), *S_RANGE)
     jitter = np.clip(rng.normal(0.0, DIAGNOSIS_NOISE_SD, n), -2 * DIAGNOSIS_NOISE_SD,
                      2 * DIAGNOSIS_NOISE_SD)
     noisy = s + jitter
     diagnosis = np.where(noisy < DIAGNOSIS_CUTS[0], "CN",
                          np.where(noisy > DIAGNOSIS_CUTS[1], "AD", "MCI"))
-    age = np.clip(70.0 + 9.0 * (s - _S_MEAN) + rng.normal(0.0, 6.5, n), 55.0, 90.0)
+    age_m, edu_m = AGE_MODEL, EDUCATION_MODEL
+    age = np.clip(age_m.at_mean + age_m.slope * (s - _S_MEAN) + rng.normal(0.0, age_m.sd, n),
+                  age_m.lo, age_m.hi)
     male = (rng.random(n) < 0.47).astype(np.int64)
     site = rng.choice(len(_SITE_P), size=n, p=_SITE_P) + 1
-    edu = np.clip(15.5 - 0.6 * _z(s, _S_MEAN, _S_SD) + rng.normal(0.0, 2.9, n), 6.0, 22.0)
+    edu = np.clip(edu_m.at_mean - _EDU_SLOPE * _z(s, _S_MEAN, _S_SD)
+                  + rng.normal(0.0, edu_m.sd, n), edu_m.lo, edu_m.hi)
     return pd.DataFrame({
         "s": s,
         "diagnosis": diagnosis,

@@ -17,7 +17,9 @@ grid. Each subject gets (all vectorized numpy / scipy, no loops over voxels):
   with a ``scl_slope``.
 
 Regions are ellipsoids in MNI millimetres (:data:`REGIONS`), mapped onto any grid with
-its affine (:func:`region_mask`).
+its affine (:func:`region_mask`). Where the disease effects go is listed in
+:data:`EFFECT_REGIONS` and drawn on a grid by :func:`effect_region_masks`; how strong
+they are for one subject is :func:`subject_effects` (what ``truth.csv`` records).
 """
 
 from __future__ import annotations
@@ -30,7 +32,18 @@ from scipy import ndimage
 
 from gazimed_lab.data.grid import Grid, get_grid, template_on_grid
 
-__all__ = ["REGIONS", "SITES", "SubjectImages", "region_mask", "subject_images"]
+__all__ = [
+    "EFFECT_REGIONS",
+    "REGIONS",
+    "SITES",
+    "EffectRegion",
+    "SubjectEffects",
+    "SubjectImages",
+    "effect_region_masks",
+    "region_mask",
+    "subject_effects",
+    "subject_images",
+]
 
 Ellipsoid = tuple[tuple[float, float, float], tuple[float, float, float]]
 
@@ -77,6 +90,102 @@ _CSF_T1 = 0.15  # template T1 intensity of pure CSF (the template's range is 0..
 _FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
+#: Share of the temporoparietal hypometabolism that reaches lateral temporal cortex.
+LATERAL_TEMPORAL_SHARE = 0.6
+#: Template grey-matter fraction above which a medial temporal voxel counts as grey matter.
+MTL_GM_MIN = 0.2
+#: Ventricular CSF spread (0..1) above which a voxel counts as widening ventricle.
+VENTRICLE_CSF_MIN = 0.5
+
+
+@dataclass(frozen=True)
+class EffectRegion:
+    """Where the generator puts one disease effect, and how large it is at ``s = 1``."""
+
+    label: int
+    name: str
+    modality: str
+    effect: str
+    strength: float
+
+
+#: The generator's effect regions, in label order (``truth/effect_regions.nii.gz``).
+EFFECT_REGIONS: tuple[EffectRegion, ...] = (
+    EffectRegion(1, "medial_temporal", "mri+pet",
+                 "grey-matter loss (hippocampus, entorhinal cortex, amygdala; fraction of "
+                 "grey matter lost at the region centre) and mild FDG hypometabolism "
+                 f"({PET_HYPO[2]:.2f})", MTL_LOSS),
+    EffectRegion(2, "ventricles", "mri",
+                 "lateral ventricle widening (CSF replaces surrounding tissue, magnification "
+                 "around the ventricle centres; 0..1 growth)", VENTRICLE_GROWTH),
+    EffectRegion(3, "posterior_cingulate", "pet",
+                 "FDG hypometabolism, posterior cingulate / precuneus (fraction of uptake "
+                 "lost)", PET_HYPO[0]),
+    EffectRegion(4, "temporoparietal", "pet",
+                 "FDG hypometabolism, temporoparietal cortex (fraction of uptake lost)",
+                 PET_HYPO[1]),
+    EffectRegion(5, "lateral_temporal", "pet",
+                 "FDG hypometabolism, lateral temporal cortex (fraction of uptake lost)",
+                 LATERAL_TEMPORAL_SHARE * PET_HYPO[1]),
+)
+
+
+@dataclass(frozen=True)
+class SubjectEffects:
+    """How strongly one subject's images carry the disease (and age) effects.
+
+    Attributes
+    ----------
+    age_effect
+        Age on a 0..1 scale (55 -> 0, 90 -> 1): global atrophy and ventricle size.
+    loss_noise
+        The subject's random offset of grey-matter loss (SD 0.02).
+    mtl_gm_loss
+        Grey-matter fraction lost at the centre of the medial temporal regions.
+    global_gm_loss
+        Grey-matter fraction lost elsewhere (``0.04 * s_mri``, age, ``loss_noise``).
+    ventricle_growth
+        Ventricular widening, 0..1 (``VENTRICLE_GROWTH * s_mri``, age, noise).
+    pet_hypo
+        Fraction of FDG uptake lost at the centre of the posterior cingulate,
+        temporoparietal and medial temporal regions (``PET_HYPO * s_pet``).
+    """
+
+    age_effect: float
+    loss_noise: float
+    mtl_gm_loss: float
+    global_gm_loss: float
+    ventricle_growth: float
+    pet_hypo: tuple[float, float, float]
+
+
+def subject_effects(s_mri: float, s_pet: float, age: float, rng: np.random.Generator
+                    ) -> SubjectEffects:
+    """Draw one subject's effect sizes: the first two draws of the subject's generator.
+
+    :func:`subject_images` calls this first, so a fresh generator with the subject's
+    seed gives the same numbers without drawing any volume.
+
+    Parameters
+    ----------
+    s_mri, s_pet
+        The MRI and PET views of the disease score, in [0, 1].
+    age
+        Age in years.
+    rng
+        The subject's random generator (advanced by two draws).
+    """
+    age_eff = float(np.clip((age - 55.0) / 35.0, 0.0, 1.0))
+    loss_noise = rng.normal(0.0, 0.02)
+    vent = float(np.clip(VENTRICLE_GROWTH * s_mri + 0.3 * age_eff + rng.normal(0.0, 0.05),
+                         0.0, 1.0))
+    mtl = float(np.clip(MTL_LOSS * s_mri + 0.04 * s_mri + 0.10 * age_eff + loss_noise,
+                        0.0, 0.9))
+    other = float(np.clip(0.04 * s_mri + 0.10 * age_eff + loss_noise, 0.0, 0.9))
+    hypo = (PET_HYPO[0] * s_pet, PET_HYPO[1] * s_pet, PET_HYPO[2] * s_pet)
+    return SubjectEffects(age_eff, float(loss_noise), mtl, other, vent, hypo)
+
+
 @dataclass(frozen=True)
 class SubjectImages:
     """One subject's volumes as stored: int16 arrays plus the PET scale factor."""
@@ -84,6 +193,7 @@ class SubjectImages:
     mri: np.ndarray
     pet: np.ndarray | None
     pet_slope: float
+    effects: SubjectEffects | None = None
 
 
 def _world(grid: Grid) -> np.ndarray:
@@ -129,6 +239,43 @@ def region_mask(name: str, grid: Grid | str = "demo_4mm") -> np.ndarray:
     if name not in REGIONS:
         raise ValueError(f"`name` must be one of {sorted(REGIONS)}, got `{name}`")
     return _region_mask_cached(name, get_grid(grid))
+
+
+def effect_region_masks(grid: Grid | str = "demo_4mm") -> dict[str, np.ndarray]:
+    """Where the generator puts the disease effects (:data:`EFFECT_REGIONS`), on a grid.
+
+    ``medial_temporal``: the hippocampus, entorhinal and amygdala ellipsoids where the
+    template's grey-matter fraction is at least :data:`MTL_GM_MIN`; ``ventricles``: the
+    lateral ventricle ellipsoids plus where ventricular CSF spreads as they widen
+    (spread at least :data:`VENTRICLE_CSF_MIN`); ``posterior_cingulate``,
+    ``temporoparietal``, ``lateral_temporal``: their ellipsoids. All inside the MNI
+    brain mask, in template space (each subject's own smooth deformation of a few mm is
+    not applied). The regions do not overlap.
+
+    Parameters
+    ----------
+    grid
+        A grid name or :class:`~gazimed_lab.data.grid.Grid`.
+
+    Returns
+    -------
+    dict
+        Region name -> boolean array of the grid's shape, in label order.
+    """
+    grid_obj = get_grid(grid)
+    anat = _anatomy(grid_obj)
+    brain = template_on_grid("brain_mask", grid_obj) > 0
+    mtl = np.any([region_mask(r, grid_obj) for r in ("hippocampus", "entorhinal",
+                                                     "amygdala")], axis=0)
+    masks = {
+        "medial_temporal": mtl & (anat.gm >= MTL_GM_MIN),
+        "ventricles": (region_mask("lateral_ventricles", grid_obj)
+                       | (anat.vent_csf >= VENTRICLE_CSF_MIN)) & brain,
+        "posterior_cingulate": region_mask("posterior_cingulate", grid_obj).copy(),
+        "temporoparietal": region_mask("temporoparietal", grid_obj).copy(),
+        "lateral_temporal": region_mask("lateral_temporal", grid_obj).copy(),
+    }
+    return masks
 
 
 @dataclass(frozen=True)
@@ -182,7 +329,8 @@ def _anatomy(grid: Grid) -> _Anatomy:
         w_mtl=np.maximum.reduce([_soft(world, r) for r in ("hippocampus", "entorhinal",
                                                            "amygdala")]),
         w_pcc=_soft(world, "posterior_cingulate"),
-        w_tp=np.maximum(_soft(world, "temporoparietal"), 0.6 * _soft(world, "lateral_temporal")),
+        w_tp=np.maximum(_soft(world, "temporoparietal"),
+                        LATERAL_TEMPORAL_SHARE * _soft(world, "lateral_temporal")),
     )
 
 
@@ -266,12 +414,11 @@ def subject_images(grid: Grid, s_mri: float, s_pet: float, age: float, site: str
         ``pet * pet_slope``.
     """
     anat = _anatomy(grid)
-    age_eff = float(np.clip((age - 55.0) / 35.0, 0.0, 1.0))
+    effects = subject_effects(s_mri, s_pet, age, rng)
+    age_eff, vent = effects.age_effect, effects.ventricle_growth
     # Atrophy in template (MNI) space: grey matter turns into CSF, ventricles widen.
     loss = np.clip(MTL_LOSS * s_mri * anat.w_mtl + 0.04 * s_mri + 0.10 * age_eff
-                   + rng.normal(0.0, 0.02), 0.0, 0.9)
-    vent = float(np.clip(VENTRICLE_GROWTH * s_mri + 0.3 * age_eff + rng.normal(0.0, 0.05),
-                         0.0, 1.0))
+                   + effects.loss_noise, 0.0, 0.9)
     to_csf = np.clip(loss * anat.gm + vent * anat.vent_csf, 0.0, 1.0)
     t1 = anat.t1 - to_csf * np.clip(anat.t1 - _CSF_T1, 0.0, None)
     gm = anat.gm * (1.0 - loss)
@@ -282,4 +429,4 @@ def subject_images(grid: Grid, s_mri: float, s_pet: float, age: float, site: str
     pet, slope = (None, 0.0)
     if with_pet:
         pet, slope = _pet(anat, gm, wm, t1 > 0.05, s_pet, age_eff, params, rng)
-    return SubjectImages(mri, pet, slope)
+    return SubjectImages(mri, pet, slope, effects)

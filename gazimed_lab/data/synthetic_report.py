@@ -83,9 +83,52 @@ def _baseline_lines(baselines: dict[str, Any] | None, reference: dict[str, Any])
     return lines
 
 
+def _truth_lines(oracle: pd.DataFrame | None) -> list[str]:
+    lines = [
+        "## Ground truth", "",
+        "- `truth.csv`: one row per subject (manifest order): `subject_id`; `s` (the target "
+        "before rounding); the latent views that reach the inputs: `s_clin` (clinical), "
+        "`s_mri`, `s_pet` (each image view clipped to [0, 1]); `has_pet`; `age` and "
+        "`education_years` (drawn from `s` itself: weak views); how strongly each effect "
+        "region is hit in this subject: `gm_loss_medial_temporal`, `gm_loss_global` (grey-"
+        "matter fraction lost), `ventricle_growth` (0-1), `pet_hypo_posterior_cingulate`, "
+        "`pet_hypo_temporoparietal`, `pet_hypo_lateral_temporal`, `pet_hypo_medial_temporal` "
+        "(fraction of FDG uptake lost at the region centre; empty without PET).",
+        "- `truth/effect_regions.nii.gz`: label volume on the grid of the regions where the "
+        "generator puts the effects (template space, inside the brain): 1 medial temporal "
+        "grey matter (atrophy, mild hypometabolism), 2 ventricles (widening), 3 posterior "
+        "cingulate / precuneus, 4 temporoparietal, 5 lateral temporal (hypometabolism); "
+        "`truth/effect_regions.csv` names them. `truth/mri_effect_mask.nii.gz` (labels 1-2) "
+        "and `truth/pet_effect_mask.nii.gz` (labels 1, 3-5): 0/1 masks per modality.", "",
+    ]
+    if oracle is None:
+        return lines
+    lines += [
+        "The oracle: the best AUROC for `target > 0.5` any model could reach from each set "
+        "of views (`P(s > 0.5 | views)` from the precision-weighted mean of the views; "
+        "subjects without PET do not see the PET view). A ceiling for a model with those "
+        "inputs, on this cohort. On a small cohort these scatter by several hundredths (a "
+        "fitted model can land above them by chance); for stable ceilings score a large "
+        "cohort: `oracle_table(cohort_truth(n_subjects=1000, seed=...))` "
+        "(`gazimed_lab.data.synthetic.cohort_truth` draws no image).", "",
+        "| views | what a model with these inputs sees | oracle AUROC |", "|---|---|---|",
+    ]
+    for row in oracle.itertuples(index=False):
+        lines.append(f"| {row.subset} | {row.description} | {_fmt(row.auroc)} |")
+    lines += ["", "```bash",
+              'python -c "from gazimed_lab.evaluation.oracle import oracle_table; '
+              "print(oracle_table('<out_dir>/manifest.csv'))\"", "```", ""]
+    return lines
+
+
 def readme_text(params: dict[str, Any], manifest: pd.DataFrame, dictionary: pd.DataFrame,
-                baselines: dict[str, Any] | None, reference: dict[str, Any]) -> str:
-    """Render the cohort's README.md: how it was made, its make-up, baselines, dictionary."""
+                baselines: dict[str, Any] | None, reference: dict[str, Any],
+                oracle: pd.DataFrame | None = None) -> str:
+    """Render the cohort's README.md: how it was made, its make-up, truth, baselines, dictionary.
+
+    ``oracle`` is :func:`gazimed_lab.evaluation.oracle.oracle_table` of the cohort (its
+    rows are listed under *Ground truth*; None: no table).
+    """
     n = len(manifest)
     args = (f"n_subjects={params['n_subjects']}, seed={params['seed']}, "
             f"grid={params['grid']!r}, pet_missing_fraction={params['pet_missing_fraction']}")
@@ -104,7 +147,10 @@ def readme_text(params: dict[str, Any], manifest: pd.DataFrame, dictionary: pd.D
         "columns. The clinical features are every numeric column except `target`: "
         f"{int((dictionary['role'] == 'clinical').sum())} of them, `age` included.",
         "- `mri/<subject>_T1w.nii.gz`, `pet/<subject>_pet.nii.gz`: volumes on the grid.",
-        "- `data_dictionary.csv`: the table at the end of this file.", "",
+        "- `data_dictionary.csv`: the table at the end of this file.",
+        "- `truth.csv` and `truth/`: the generator's ground truth, beside the manifest and "
+        "never part of it (nothing in training or prediction reads them); see *Ground "
+        "truth* below.", "",
         "## Subjects", "",
         "| diagnosis | n | target mean | target range |", "|---|---|---|---|",
     ]
@@ -132,6 +178,7 @@ def readme_text(params: dict[str, Any], manifest: pd.DataFrame, dictionary: pd.D
         "temporoparietal hypometabolism growing with `s`, 7-10 mm FWHM by site, global factor "
         "0.5-2 (normalize!), noise.", "",
     ]
+    lines += _truth_lines(oracle)
     lines += _baseline_lines(baselines, reference)
     lines += ["## Data dictionary", "",
               "| " + " | ".join(DICTIONARY_COLUMNS) + " |",
