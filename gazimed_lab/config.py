@@ -211,7 +211,8 @@ def _schema_fields(schema: Any) -> dict[str, Any]:
 
 
 def _nested_schema(schema: Any, key: str) -> Any | None:
-    default = getattr(schema(), key) if dataclasses.is_dataclass(schema) else None
+    is_class = isinstance(schema, type) and dataclasses.is_dataclass(schema)
+    default = getattr(schema(), key) if is_class else None
     return type(default) if dataclasses.is_dataclass(default) else None
 
 
@@ -398,5 +399,6 @@ def config_from_dict(values: dict[str, Any]) -> DictConfig:
     """Rebuild a typed config from :func:`config_to_dict` output (checked keys)."""
     _check_keys(values, Config, "", "saved config")
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(values))
+    assert isinstance(cfg, DictConfig)
     _validate(cfg)
     return cfg

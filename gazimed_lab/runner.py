@@ -110,7 +110,7 @@ def _predict_records(model: pl.LightningModule, loader: Any,
         accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )
-    return flatten_predictions(trainer.predict(model, dataloaders=loader))
+    return flatten_predictions(trainer.predict(model, dataloaders=loader) or [])
 
 
 def train_and_evaluate(

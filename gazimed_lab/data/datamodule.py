@@ -167,7 +167,8 @@ class MNIDataModule(pl.LightningDataModule):
         )
         # Before a trainer is attached, Lightning's launcher rank (from the environment)
         # tells the processes of a multi-process run apart.
-        rank_zero = self.trainer.is_global_zero if self.trainer else rank_zero_only.rank == 0
+        rank = getattr(rank_zero_only, "rank", 0)
+        rank_zero = self.trainer.is_global_zero if self.trainer else rank == 0
         if rank_zero:
             write_splits(splits, self.run_dir)
         if self._given is not None and self._given.fitted:

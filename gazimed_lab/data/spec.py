@@ -272,7 +272,7 @@ class InputSpec:
                           tuple(tuple(float(v) for v in row) for row in grid["affine"])),
                 channels=int(values["channels"]),
                 pet_reference=str(values["pet_reference"]),
-                n_features=values["n_features"] if "n_features" in values else len(names),
+                n_features=values["n_features"] if "n_features" in values else len(names or ()),
                 feature_names=None if names is None else tuple(str(n) for n in names),
                 medians=_floats(values.get("medians")),
                 means=_floats(values.get("means")),

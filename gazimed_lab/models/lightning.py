@@ -396,7 +396,7 @@ class AlzheimersLightningModule(pl.LightningModule):
         self._log_epoch("test")
 
     # --------------------------------------------------------------- optimizer
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> Any:
         """AdamW + warmup/cosine stepped per optimizer step over the real number of steps."""
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
