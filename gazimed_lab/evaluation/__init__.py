@@ -11,14 +11,20 @@ Examples
 >>> df = ev.read_predictions("runs/demo", split="test")      # doctest: +SKIP
 >>> ev.binary_metrics(df)["auroc"]                            # doctest: +SKIP
 >>> point, low, high = ev.bootstrap_ci(df, "auroc", n_boot=1000)  # doctest: +SKIP
+>>> ev.paired_bootstrap(df_a, df_b, "auroc")                  # doctest: +SKIP
+
+External cohorts: :mod:`gazimed_lab.evaluation.external` (``gazimed-lab evaluate``);
+ceilings of generated cohorts from their ``truth.csv``: :mod:`gazimed_lab.evaluation.oracle`.
 """
 
 from __future__ import annotations
 
 from gazimed_lab.evaluation.bootstrap import (
     BootstrapCI,
+    PairedDifference,
     bootstrap_ci,
     metrics_table,
+    paired_bootstrap,
     pr_curve_ci,
     roc_curve_ci,
 )
@@ -48,6 +54,7 @@ __all__ = [
     "LOWER_IS_BETTER",
     "METRICS",
     "BootstrapCI",
+    "PairedDifference",
     "PredictionsError",
     "add_age_band",
     "binary_metrics",
@@ -59,6 +66,7 @@ __all__ = [
     "find_training_log",
     "metric_value",
     "metrics_table",
+    "paired_bootstrap",
     "pr_curve_ci",
     "read_predictions",
     "read_training_log",
