@@ -1,4 +1,4 @@
-"""The ``gazimed-lab`` command: synth, qa, train, predict, ablate, pipeline, demo."""
+"""The ``gazimed-lab`` command: synth, qa, train, predict, evaluate, ablate, pipeline, demo."""
 
 from __future__ import annotations
 
@@ -44,6 +44,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     table = predict_manifest(args.ckpt, args.manifest, args.out)
     print(f"scored {len(table)} subjects: {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from gazimed_lab.evaluation.external import evaluate_external
+
+    result = evaluate_external(
+        args.manifest, checkpoints=args.ckpt, predictions=args.predictions, out_dir=args.out,
+        n_boot=args.n_boot, seed=args.seed, threshold=args.threshold,
+        figures=not args.no_figures,
+    )
+    columns = ["model", "kind", "auroc", "auroc_low", "auroc_high"]
+    print(result.summary[columns].round(3).to_string(index=False))
+    if len(result.differences):
+        print("paired AUROC differences (a - b):")
+        diff = result.differences[["model_a", "model_b", "difference", "low", "high"]]
+        print(diff.round(3).to_string(index=False))
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -109,6 +127,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "evaluate", help="score an external cohort: metrics with CIs, paired differences, "
+        "oracle rows when truth.csv lies beside the manifest, figures")
+    p.add_argument("--ckpt", action="append", default=[], metavar="[NAME=]CKPT",
+                   help="checkpoint to score the cohort with (repeatable)")
+    p.add_argument("--predictions", action="append", default=[], metavar="NAME=CSV",
+                   help="precomputed predictions on the same subjects, e.g. a baseline "
+                        "(repeatable)")
+    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--out", type=Path, default=Path("runs/evaluate"))
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="decision threshold of the threshold metrics")
+    p.add_argument("--no-figures", action="store_true", help="write the tables only")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("ablate", help="clinical-only / MRI-only / MRI+PET / all on one split")
     p.add_argument("--manifest", type=Path, default=None,
