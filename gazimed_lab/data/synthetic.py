@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -174,7 +175,7 @@ def _truth_strings(subjects: pd.DataFrame, no_pet: set[int],
                    effects: list[SubjectEffects]) -> pd.DataFrame:
     """``truth.csv`` as strings, every number with its fixed number of decimals."""
     has_pet = [i not in no_pet for i in range(len(subjects))]
-    values: dict[str, list[object]] = {
+    values: dict[str, list[Any]] = {
         "subject_id": list(subjects["subject_id"]),
         "s": list(subjects["s"]),
         "s_clin": list(subjects["s_clin"]),

@@ -11,6 +11,7 @@ Each feature is ``loc + scale * z`` (``kind="linear"``), ``loc * exp(scale * z)`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["FEATURES", "Feature", "feature_names", "relation_text"]
 
@@ -134,7 +135,7 @@ _FLUID = [
 ]
 
 # FreeSurfer-like regional measures from the same T1 scan: the MRI view of s drives them.
-_MR = dict(missing=0.06, group="freesurfer")
+_MR: dict[str, Any] = dict(missing=0.06, group="freesurfer")
 _REGIONAL = [
     F("hippocampus_vol_left", "mm3", "left hippocampal volume", 3400.0, 480.0, mri=-0.42,
       age=-0.2, sex=0.15, decimals=0, **_MR),
@@ -169,7 +170,7 @@ _REGIONAL = [
       kind="log", lo=0.1, hi=80, decimals=2, **_MR),
 ]
 
-_LABS = dict(missing=0.07, group="labs")
+_LABS: dict[str, Any] = dict(missing=0.07, group="labs")
 # name, unit, meaning, loc, scale, extra keyword arguments (age / sex effects, kind, ...)
 _NOISE_SPECS: list[tuple[str, str, str, float, float, dict]] = [
     ("systolic_bp", "mmHg", "systolic blood pressure", 134, 16, dict(age=0.25, decimals=0)),

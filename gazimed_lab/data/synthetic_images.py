@@ -188,12 +188,12 @@ def subject_effects(s_mri: float, s_pet: float, age: float, rng: np.random.Gener
 
 @dataclass(frozen=True)
 class SubjectImages:
-    """One subject's volumes as stored: int16 arrays plus the PET scale factor."""
+    """One subject's volumes as stored: int16 arrays, the PET scale factor, the effect sizes."""
 
     mri: np.ndarray
     pet: np.ndarray | None
     pet_slope: float
-    effects: SubjectEffects | None = None
+    effects: SubjectEffects
 
 
 def _world(grid: Grid) -> np.ndarray:

@@ -37,6 +37,10 @@ class BootstrapCI(tuple):
     point: float
     low: float
     high: float
+    metric: str
+    ci: float
+    n_boot: int
+    n_skipped: int
 
     def __new__(
         cls, point: float, low: float, high: float, *, metric: str, ci: float,
@@ -230,7 +234,8 @@ def _curve_ci(
     alpha = (1.0 - ci) / 2.0
     if curves:
         stack = np.vstack(curves)
-        mean, low, high = stack.mean(0), *np.quantile(stack, [alpha, 1.0 - alpha], axis=0)
+        mean = stack.mean(0)
+        low, high = np.quantile(stack, [alpha, 1.0 - alpha], axis=0)
     else:
         mean = low = high = np.full_like(grid, np.nan)
     point_low, point_high = _interval(summaries, ci)
@@ -312,6 +317,13 @@ class PairedDifference(tuple):
     difference: float
     low: float
     high: float
+    mean: float
+    p_value: float
+    metric: str
+    ci: float
+    n: int
+    n_boot: int
+    n_skipped: int
 
     def __new__(
         cls, difference: float, low: float, high: float, *, mean: float, p_value: float,

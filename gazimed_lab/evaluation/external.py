@@ -222,9 +222,10 @@ def plot_auroc_comparison(
     """
     from gazimed_lab.viz._figures import _new_figure, save_figure
 
-    two = differences is not None and len(differences) > 0
+    n_diff = 0 if differences is None else len(differences)
+    two = n_diff > 0
     if axes is None:
-        n = max(len(summary), len(differences) if two else 0)
+        n = max(len(summary), n_diff)
         fig, grid = _new_figure((11.5 if two else 6.0, 1.2 + 0.42 * n), ncols=2 if two else 1,
                                 squeeze=False)
         panels = list(grid[0])
@@ -321,7 +322,7 @@ def _figures(out: Path, tables: dict[str, pd.DataFrame], oracle_ref: pd.DataFram
                    threshold=None, title="ROC on the external cohort")
     ax = fig.axes[0]
     for line in ax.lines:
-        if line.get_label().startswith("oracle ("):
+        if str(line.get_label()).startswith("oracle ("):
             line.set_linestyle("--")
     ax.legend(loc="lower right", fontsize="small")
     files["roc"] = folder / "roc.png"
