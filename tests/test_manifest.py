@@ -97,7 +97,7 @@ def test_empty_manifest(tmp_path: Path) -> None:
 def test_malformed_csv(tmp_path: Path) -> None:
     path = tmp_path / "manifest.csv"
     path.write_text("subject_id,mri,pet,target\ns1,a.nii,,0.5\ns2,b,1.nii,,0.5\n")
-    with pytest.raises(ManifestError, match=r"`fields per manifest row` must be at most 4 \(the "
+    with pytest.raises(ManifestError, match=r"`fields per manifest row` must be 4 \(the "
                                             r"header's count\), got 5 \(row 2\); fix: quote"):
         read_manifest(path)
     path.write_text("subject_id,mri,mri,target\ns1,a.nii,b.nii,0.5\n")

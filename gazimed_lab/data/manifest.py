@@ -2,12 +2,16 @@
 
 Columns
 -------
-``subject_id`` (required, unique), ``mri`` (required path), ``pet`` (required
-column, empty cell = no PET), ``target`` (required score in [0, 1]; may be
-missing or empty with ``require_targets=False``), optional ``diagnosis``,
-``site``, ``age``, ``sex``, ``split`` (``train``/``val``/``test`` or empty)
-and clinical feature columns. Paths are relative to the manifest's folder
-(absolute paths are accepted too).
+``subject_id`` (required, unique, 1-128 characters from letters, digits, ``.``,
+``_``, ``-``, starting with a letter or digit: ids become file names), ``mri``
+(required path), ``pet`` (required column, empty cell = no PET), ``target``
+(required score in [0, 1]; may be missing or empty with
+``require_targets=False``), optional ``diagnosis``, ``site``, ``age``, ``sex``,
+``split`` (``train``/``val``/``test`` or empty) and clinical feature columns.
+Paths are relative to the manifest's folder (absolute paths are accepted too).
+Every row has exactly the header's number of fields, and no column may equal a
+reserved one up to case (``Target`` beside ``target`` would leak the label into
+the clinical features).
 
 Clinical columns are the names given, or by default every other column whose
 non-empty cells are mostly numbers (``age`` included). Other columns are
@@ -30,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from gazimed_lab.data.images import ImageError, check_same_space, load_volume, problem
+from gazimed_lab.paths import SAFE_ID_RULE, check_subject_id
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -121,13 +126,22 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame | None, list[str]]:
         return None, [problem("manifest", f"a CSV with a header row {list(REQUIRED_COLUMNS)}",
                               "an empty file", where)]
     names = [h.strip() for h in lines[0]]
-    bad = [problem("fields per manifest row", f"at most {len(names)} (the header's count)",
-                   f"{len(line)}", f"row {i}", "quote cells that contain commas")
-           for i, line in enumerate(lines[1:], start=1) if len(line) > len(names)]
+    bad = [problem("fields per manifest row", f"{len(names)} (the header's count)",
+                   f"{len(line)}", f"row {i}", "quote cells that contain commas, and give "
+                   "every row one cell per column (empty cells are fine)")
+           for i, line in enumerate(lines[1:], start=1) if len(line) != len(names)]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         bad.insert(0, problem("manifest header", "unique column names", f"duplicates {dupes}",
                               where))
+    for name in names:
+        reserved = name.strip().lower()
+        if reserved in RESERVED_COLUMNS and name != reserved:
+            bad.insert(0, problem(
+                "manifest column", f"distinct from the reserved column `{reserved}` up to case "
+                "and spaces", f"`{name}`", where,
+                "rename or drop it (a copy of a reserved column would enter the model as a "
+                "clinical feature, e.g. the target leaking into the inputs)"))
     if bad:
         return None, bad
     try:
@@ -214,9 +228,14 @@ def _check_ids(frame: pd.DataFrame, path: Path) -> tuple[pd.Series, Problems]:
     if "subject_id" not in frame:
         return pd.Series([""] * len(frame), dtype=str), problems
     sids = frame["subject_id"].fillna("").astype(str)
-    for i in np.flatnonzero((sids == "").to_numpy()):
-        problems.append((int(i) + 1, problem("subject_id", "a non-empty identifier",
-                                             "an empty cell", row_location(int(i) + 1, ""))))
+    for i, sid in enumerate(sids):
+        if sid == "":
+            problems.append((i + 1, problem("subject_id", "a non-empty identifier",
+                                            "an empty cell", row_location(i + 1, ""))))
+        elif (why := check_subject_id(sid)) is not None:
+            problems.append((i + 1, problem(
+                "subject_id", SAFE_ID_RULE, why, row_location(i + 1, sid),
+                "rename the subject (ids become file names in the run folder)")))
     for sid, group in sids[sids != ""].groupby(sids[sids != ""], sort=False):
         if len(group) > 1:
             rows = ", ".join(str(int(i) + 1) for i in group.index)

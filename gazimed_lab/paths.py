@@ -1,0 +1,201 @@
+"""Safe output paths: identifiers at the door, names from data, writes that stay in their root.
+
+Every file the workbench writes lies under a folder the user named (a run folder,
+a cache folder, an output folder). Three helpers keep it so:
+
+* :func:`check_subject_id` (used by the manifest reader): a subject id is 1 to 128
+  characters from ``A-Z a-z 0-9 . _ -``, starting with a letter or a digit
+  (:data:`SAFE_ID_RULE`), so it can be used as a file name as it is.
+* :func:`safe_name`: any text (a diagnosis, a site, a group) as one safe file-name
+  component; safe text is kept, anything else is percent-encoded (``a/b`` ->
+  ``a%2Fb``, ``..`` -> ``%2E%2E``), so two different texts never share a name.
+* :func:`output_path`: ``root / part / ...``, refused when it would leave ``root``
+  (``..``, an absolute part, a symbolic link pointing out).
+
+:func:`atomic_write` writes a file under a temporary name beside it, then renames
+it, so a crash or a full disk never leaves a truncated file under the real name,
+and :func:`check_not_input` refuses an output path that is one of the inputs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+__all__ = [
+    "SAFE_ID_RULE",
+    "OutputPathError",
+    "atomic_write",
+    "check_not_input",
+    "check_subject_id",
+    "output_path",
+    "safe_name",
+]
+
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: The documented character set of subject identifiers.
+SAFE_ID_RULE = ("1-128 characters from letters, digits, '.', '_' and '-', starting with a "
+                "letter or a digit")
+
+
+class OutputPathError(ValueError):
+    """An output path would leave its root folder, or would overwrite an input."""
+
+
+def check_subject_id(sid: str) -> str | None:
+    """Return what is wrong with a subject id as a file name, or ``None`` when it is safe.
+
+    Examples
+    --------
+    >>> check_subject_id("sub-001") is None
+    True
+    >>> check_subject_id("../x")
+    "characters other than letters, digits, '.', '_', '-': '/'"
+    """
+    if _SAFE.fullmatch(sid):
+        return None
+    if len(sid) > 128:
+        return f"{len(sid)} characters"
+    bad = sorted({c for c in sid if not (c.isascii() and (c.isalnum() or c in "._-"))})
+    if bad:
+        return "characters other than letters, digits, '.', '_', '-': " + ", ".join(
+            repr(c) for c in bad)
+    return f"a first character {sid[:1]!r}"
+
+
+def safe_name(text: object) -> str:
+    """Turn any text into one file-name component that cannot leave its folder.
+
+    Safe text (see :data:`SAFE_ID_RULE`) is returned unchanged; otherwise every
+    character other than letters, digits, ``_`` and ``-`` is percent-encoded
+    (UTF-8), which is reversible, so distinct texts give distinct names.
+
+    Examples
+    --------
+    >>> safe_name("sub-001"), safe_name("../x"), safe_name("a/b"), safe_name("")
+    ('sub-001', '%2E%2E%2Fx', 'a%2Fb', '%')
+    """
+    value = str(text)
+    if _SAFE.fullmatch(value):
+        return value
+    if not value:
+        return "%"
+    out = []
+    for char in value:
+        if char.isascii() and (char.isalnum() or char in "_-"):
+            out.append(char)
+        else:
+            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8"))
+    return "".join(out)[:240]
+
+
+def output_path(root: str | Path, *parts: str | Path) -> Path:
+    """Build ``root / parts...`` and refuse a path that leaves ``root``.
+
+    Parameters
+    ----------
+    root
+        The folder the user named (run, cache or output folder).
+    parts
+        Path components below it; build those that come from data with
+        :func:`safe_name`.
+
+    Returns
+    -------
+    pathlib.Path
+        The absolute path (symbolic links resolved), inside ``root``.
+
+    Raises
+    ------
+    OutputPathError
+        For an absolute part, or a path that resolves outside ``root``.
+    """
+    base = Path(root).expanduser().resolve()
+    for part in parts:
+        if Path(part).is_absolute():
+            raise OutputPathError(
+                f"`output path` must stay inside {base}, got an absolute part `{part}`; build "
+                "names from data with gazimed_lab.paths.safe_name")
+    target = base.joinpath(*[str(p) for p in parts]).resolve()
+    if target != base and not target.is_relative_to(base):
+        raise OutputPathError(
+            f"`output path` must stay inside {base}, got {target} (from parts "
+            f"{[str(p) for p in parts]}); build names from data with "
+            "gazimed_lab.paths.safe_name")
+    return target
+
+
+def check_not_input(out: str | Path, inputs: Mapping[str, str | Path | None],
+                    what: str = "out") -> Path:
+    """Refuse an output path that is one of the inputs (same file once resolved).
+
+    Raises
+    ------
+    OutputPathError
+        Naming the input it would overwrite.
+    """
+    path = Path(out).expanduser().resolve()
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        source = Path(value).expanduser().resolve()
+        same = source == path or (source.exists() and path.exists()
+                                  and os.path.samefile(source, path))
+        if same:
+            raise OutputPathError(
+                f"`{what}` must not be an input, got the {name} {source}; choose another "
+                "output file, e.g. predictions.csv")
+    if path.is_dir():
+        raise OutputPathError(f"`{what}` must be a file path, got a directory ({path}); name a "
+                              "file inside it, e.g. predictions.csv")
+    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object], what: str = "file") -> Path:
+    """Write a file through a temporary name beside it, then rename it into place.
+
+    Parameters
+    ----------
+    path
+        The final file; its folder is created.
+    write
+        Called with the temporary path; writes the whole file there.
+    what
+        Name in error messages.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    OSError
+        With a one-line message naming the path and the cause (read-only folder,
+        full disk, a directory in the way); the original file, if any, is left
+        as it was and no temporary file is left behind.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"`{what}` must be a file path, got a directory "
+                                f"({path}); name a file inside it")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        cause = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission denied",
+                 errno.EROFS: "a read-only file system",
+                 errno.EDQUOT: "the disk quota is exceeded"}.get(
+            exc.errno or 0, exc.strerror or type(exc).__name__)
+        raise type(exc)(exc.errno, f"`{what}` could not be written to {path}: {cause}; free "
+                        "space or choose a writable folder") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

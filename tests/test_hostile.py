@@ -1,0 +1,286 @@
+"""Hostile inputs and faults (issue 12): each fails loudly, named, and nothing is misplaced."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import write_nifti
+
+from gazimed_lab.data.grid import get_grid, template_on_grid
+from gazimed_lab.data.images import ImageError, brain_coverage, conform_to_grid
+from gazimed_lab.data.manifest import ManifestError, read_manifest
+from gazimed_lab.data.splits import SplitError
+from gazimed_lab.paths import (
+    OutputPathError,
+    atomic_write,
+    check_not_input,
+    output_path,
+    safe_name,
+)
+
+GRID = get_grid("demo_4mm")
+
+
+def _edit(manifest: Path, change: Callable[[pd.DataFrame], pd.DataFrame | None]) -> Path:
+    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    out = change(frame)
+    (frame if out is None else out).to_csv(manifest, index=False)
+    return manifest
+
+
+def _problems(manifest: Path, **kwargs: object) -> list[str]:
+    with pytest.raises(ManifestError) as info:
+        read_manifest(manifest, check_images=False, **kwargs)  # type: ignore[arg-type]
+    return info.value.problems
+
+
+# ---------------------------------------------------------------- 1: ids that escape
+@pytest.mark.parametrize("sid", ["../../escaped", "a/b", "sub 1", ".hidden", "a\\b"])
+def test_unsafe_subject_id_is_refused_at_the_door(tiny_cohort: Path, sid: str) -> None:
+    def change(frame: pd.DataFrame) -> None:
+        frame.loc[4, "subject_id"] = sid
+
+    problems = _problems(_edit(tiny_cohort, change))
+    assert len(problems) == 1
+    assert problems[0].startswith("`subject_id` must be 1-128 characters from letters, digits")
+    assert f"row 5, subject `{sid}`" in problems[0]
+
+
+def test_safe_name_and_output_path_never_leave_the_root(tmp_path: Path) -> None:
+    assert safe_name("sub-001") == "sub-001"
+    names = {safe_name(s) for s in ("../../escaped", "a/b", "a%2Fb", "..", ".", "", "AD/x")}
+    assert len(names) == 7 and all("/" not in n and n not in (".", "..") for n in names)
+    run = tmp_path / "run"
+    for sid in ("../../escaped", "a/b", ".."):
+        path = output_path(run, "maps", f"{safe_name(sid)}_saliency_mri.nii.gz")
+        assert path.parent == (run / "maps").resolve()
+    with pytest.raises(OutputPathError, match=r"`output path` must stay inside .*run"):
+        output_path(run, "maps", "../../escaped_saliency_mri.nii.gz")
+    with pytest.raises(OutputPathError, match="absolute part"):
+        output_path(run, "/etc/passwd")
+    (tmp_path / "outside").mkdir()
+    run.mkdir()
+    (run / "link").symlink_to(tmp_path / "outside")
+    with pytest.raises(OutputPathError):
+        output_path(run, "link", "x.png")
+
+
+# ---------------------------------------------------------------- 2: label leak
+@pytest.mark.parametrize("name", ["Target", "TARGET", "Subject_ID", "Diagnosis", "Split"])
+def test_column_equal_to_a_reserved_one_up_to_case_is_refused(tiny_cohort: Path,
+                                                              name: str) -> None:
+    def change(frame: pd.DataFrame) -> None:
+        frame[name] = frame["target"] if name.lower() == "target" else frame["subject_id"]
+
+    problems = _problems(_edit(tiny_cohort, change))
+    assert len(problems) == 1
+    assert f"`{name}`" in problems[0] and f"`{name.lower()}`" in problems[0]
+    assert "reserved" in problems[0] and "rename or drop" in problems[0]
+
+
+def test_clinical_copy_of_the_target_on_the_training_split_is_refused(
+        tiny_cohort: Path) -> None:
+    def change(frame: pd.DataFrame) -> None:
+        frame["label_copy"] = (pd.to_numeric(frame["target"]) * 30 + 2).round(6).astype(str)
+
+    from gazimed_lab.data.splits import check_training_splits
+
+    cohort = read_manifest(_edit(tiny_cohort, change), check_images=False)
+    table = cohort.table.assign(split=["train"] * 10 + ["val"] * 3 + ["test"] * 3)
+    splits = {name: table[table["split"] == name] for name in ("train", "val", "test")}
+    with pytest.raises(SplitError, match=r"`label_copy` must not copy the target.*"
+                                         r"correlation 1\.000 .*train split"):
+        check_training_splits(splits, cohort.clinical_columns, manifest="m.csv")
+    fine = [c for c in cohort.clinical_columns if c != "label_copy"]
+    check_training_splits(splits, fine, manifest="m.csv")
+
+
+# ---------------------------------------------------------------- 3: short rows
+def test_row_with_one_field_fewer_than_the_header_is_refused(tiny_cohort: Path) -> None:
+    lines = tiny_cohort.read_text().splitlines()
+    n_fields = len(lines[0].split(","))
+    lines[3] = lines[3].rsplit(",", 1)[0]  # drop the last cell: data row 3
+    tiny_cohort.write_text("\n".join(lines) + "\n")
+    problems = _problems(tiny_cohort)
+    assert problems == [
+        f"`fields per manifest row` must be {n_fields} (the header's count), got "
+        f"{n_fields - 1} (row 3); fix: quote cells that contain commas, and give every row "
+        "one cell per column (empty cells are fine)"]
+
+
+# ---------------------------------------------------------------- 4: one class
+def _splits(targets: dict[str, list[float]]) -> dict[str, pd.DataFrame]:
+    out = {}
+    for name, values in targets.items():
+        out[name] = pd.DataFrame({"subject_id": [f"{name}{i}" for i in range(len(values))],
+                                  "target": values, "age": np.arange(len(values)) % 3})
+    return out
+
+
+def test_training_targets_all_in_one_class_are_refused() -> None:
+    from gazimed_lab.data.splits import check_training_splits
+
+    splits = _splits({"train": [0.1, 0.2, 0.3, 0.4], "val": [0.1, 0.9], "test": [0.2, 0.8]})
+    with pytest.raises(SplitError, match=r"`train split targets` must hold both classes "
+                                         r"\(target > 0\.5 and <= 0\.5\), got 4 <= 0\.5 and 0 "
+                                         r"> 0\.5 \(m\.csv\)"):
+        check_training_splits(splits, ["age"], manifest="m.csv")
+    same = _splits({"train": [0.7] * 4, "val": [0.1, 0.9], "test": []})
+    with pytest.raises(SplitError, match="train split targets"):
+        check_training_splits(same, [], manifest="m.csv")
+
+
+def test_validation_split_of_one_class_is_refused_when_selecting_on_auroc() -> None:
+    from gazimed_lab.data.splits import check_training_splits
+
+    splits = _splits({"train": [0.1, 0.9, 0.2, 0.8], "val": [0.1, 0.2], "test": [0.3]})
+    with pytest.raises(SplitError, match=r"`val split targets` must hold both classes.*"
+                                         r"got 2 <= 0\.5 and 0 > 0\.5.*val/auroc"):
+        check_training_splits(splits, [], manifest="m.csv", monitor="val/auroc")
+    check_training_splits(splits, [], manifest="m.csv", monitor="val/loss")
+    check_training_splits(_splits({"train": [0.1, 0.9], "val": [], "test": []}), [])
+
+
+# ---------------------------------------------------------------- 5: off-MNI images
+def _mri() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return template_on_grid("t1", GRID) + rng.normal(0, 0.01, GRID.shape)
+
+
+def test_mri_50mm_off_fails_brain_coverage(tmp_path: Path) -> None:
+    affine = GRID.affine.copy()
+    affine[1, 3] += 50.0
+    path = write_nifti(tmp_path / "shifted.nii.gz", _mri(), affine)
+    assert brain_coverage(path, GRID) < 0.7
+    with pytest.raises(ImageError, match=r"`mri brain coverage` must be >= 0\.8.*shifted"):
+        conform_to_grid(path, GRID, what="mri")
+    good = write_nifti(tmp_path / "good.nii.gz", _mri(), GRID.affine)
+    assert brain_coverage(good, GRID) > 0.95
+
+
+def test_qa_reports_the_50mm_off_mri_as_an_error(tiny_cohort: Path) -> None:
+    from gazimed_lab.data.qa import run_qa
+
+    row = pd.read_csv(tiny_cohort).iloc[0]
+    path = tiny_cohort.parent / row["mri"]
+    img = nib.load(str(path))
+    affine = img.affine.copy()
+    affine[1, 3] += 50.0
+    write_nifti(path, np.asarray(img.dataobj), affine)
+    _edit(tiny_cohort, lambda f: f.assign(pet=["" if i == 0 else p
+                                               for i, p in enumerate(f["pet"])]))
+    report = run_qa(tiny_cohort, GRID)
+    assert not report.ok
+    assert any("`mri brain coverage`" in e and "sub-000" in e for e in report.errors)
+
+
+def test_flagged_images_can_be_accepted_explicitly(tmp_path: Path) -> None:
+    affine = GRID.affine.copy()
+    affine[1, 3] += 50.0
+    path = write_nifti(tmp_path / "shifted.nii.gz", _mri(), affine)
+    with pytest.warns(UserWarning, match="accepted because data.accept_flagged_images"):
+        data, _ = conform_to_grid(path, GRID, what="mri", accept_flagged=True)
+    assert data.shape == GRID.shape
+
+
+# ---------------------------------------------------------------- 6: output = input
+def test_predict_output_equal_to_an_input_is_refused(tiny_cohort: Path, tmp_path: Path) -> None:
+    from gazimed_lab.runner import predict_manifest
+
+    before = tiny_cohort.read_bytes()
+    with pytest.raises(OutputPathError, match=r"`out` must not be an input, got the manifest"):
+        predict_manifest(tmp_path / "model.ckpt", tiny_cohort, out=tiny_cohort)
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"weights")
+    with pytest.raises(OutputPathError, match=r"got the checkpoint"):
+        predict_manifest(ckpt, tiny_cohort, out=ckpt)
+    with pytest.raises(OutputPathError, match=r"got a directory"):
+        predict_manifest(ckpt, tiny_cohort, out=tmp_path)
+    assert tiny_cohort.read_bytes() == before and ckpt.read_bytes() == b"weights"
+    with pytest.raises(OutputPathError):
+        check_not_input(tiny_cohort.parent / "." / tiny_cohort.name, {"manifest": tiny_cohort})
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    out = tmp_path / "scores.csv"
+    out.write_text("old\n")
+
+    def half(path: Path) -> None:
+        path.write_text("partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match=r"`predictions` could not be written to .*scores\.csv: "
+                                      r"the disk is full"):
+        atomic_write(out, half, "predictions")
+    assert out.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv"]
+    atomic_write(out, lambda p: p.write_text("new\n"))
+    assert out.read_text() == "new\n"
+
+
+# ---------------------------------------------------------------- 7: pipeline rerun
+def _notebook(path: Path, source: str) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('run_dir = ""  # run folder\nfail = False  # fail')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(source)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture
+def fake_notebooks(tmp_path: Path) -> Path:
+    src = tmp_path / "nb"
+    src.mkdir()
+    for name in ("a_first", "b_second", "c_third"):
+        body = (f"from pathlib import Path\n"
+                f"with open(Path(run_dir) / 'ran.txt', 'a') as fh:\n"
+                f"    fh.write('{name}\\n')\n")
+        if name == "c_third":
+            body += "assert not fail, 'failing on purpose'\n"
+        _notebook(src / f"{name}.ipynb", body)
+    return src
+
+
+def test_pipeline_rerun_continues_from_the_first_unfinished_notebook(
+        fake_notebooks: Path, tmp_path: Path) -> None:
+    from gazimed_lab.pipeline import PipelineError, run_pipeline
+
+    names = ("a_first", "b_second", "c_third")
+    run = tmp_path / "run"
+    with pytest.raises(PipelineError, match=r"`c_third` failed.*rerun the same command to "
+                                            r"continue from `c_third`"):
+        run_pipeline(run, parameters={"fail": True}, notebooks=names, source_dir=fake_notebooks)
+    good_b = (run / "notebooks" / "b_second.ipynb").read_bytes()
+    assert not (run / "notebooks" / "c_third.ipynb").exists()  # the failed one is set apart
+    assert (run / "notebooks" / "c_third.failed.ipynb").is_file()
+    state = json.loads((run / "pipeline_state.json").read_text())
+    assert list(state["finished"]) == ["a_first", "b_second"]
+    # A rerun with other parameters names the commands that continue or restart.
+    with pytest.raises(FileExistsError, match=r"gazimed-lab pipeline --run-dir .*run "
+                                              r"--preset cpu-demo -p fail=true.*--overwrite"):
+        run_pipeline(run, parameters={"fail": False}, notebooks=names,
+                     source_dir=fake_notebooks)
+    # Killed mid-notebook: a partial output lies around; the same command continues.
+    (run / "notebooks" / ".c_third.partial.ipynb").write_text("{")
+    (fake_notebooks / "c_third.ipynb").write_text(
+        (fake_notebooks / "c_third.ipynb").read_text().replace("assert not fail", "assert True"))
+    summary = run_pipeline(run, parameters={"fail": True}, notebooks=names,
+                           source_dir=fake_notebooks)
+    assert (run / "ran.txt").read_text().split() == ["a_first", "b_second", "c_third",
+                                                      "c_third"]
+    assert summary["kept"] == ["a_first", "b_second"]
+    assert (run / "notebooks" / "b_second.ipynb").read_bytes() == good_b
+    assert (run / "notebooks" / "c_third.ipynb").is_file()
+    assert not (run / "notebooks" / "c_third.failed.ipynb").exists()
+    assert not (run / "notebooks" / ".c_third.partial.ipynb").exists()
+    assert (run / "pipeline.json").is_file()
