@@ -22,8 +22,10 @@ from gazimed_lab.checkpoints import check_resumable, load_checkpoint
 from gazimed_lab.config import load_config
 from gazimed_lab.data.datamodule import MNIDataModule
 from gazimed_lab.data.predict import PredictDataModule
+from gazimed_lab.data.splits import check_training_splits
 from gazimed_lab.evaluation import binary_metrics, write_metrics_json, youden_threshold
 from gazimed_lab.models.lightning import AlzheimersLightningModule, flatten_predictions
+from gazimed_lab.paths import atomic_write, check_not_input
 from gazimed_lab.training import create_trainer
 
 __all__ = [
@@ -156,6 +158,9 @@ def train_and_evaluate(
     pl.seed_everything(int(cfg.system.seed), workers=True, verbose=False)
 
     dm = MNIDataModule(cfg, run_dir=run_dir)
+    # Refuse before training: one target class in the train split, a label copy among
+    # the clinical columns (the one-class val check, monitor=..., is not wired yet).
+    check_training_splits(dm.splits, dm.feature_names, manifest=str(cfg.data.manifest))
     ckpt_path = _resume_path(resume, run_dir)
     if ckpt_path is not None:
         check_resumable(cfg, ckpt_path, dm.spec)
@@ -234,7 +239,12 @@ def predict_manifest(
     normalization, clinical imputation and scaling), so nothing else is needed.
     Targets in the manifest are optional and copied through. Scores are computed on
     ``accelerator`` (Lightning's ``auto``: a GPU when there is one), on one device.
+    ``out`` may not be the manifest, the checkpoint or a directory
+    (:class:`~gazimed_lab.paths.OutputPathError`, raised before any work); it is
+    written through a temporary file, then renamed.
     """
+    if out is not None:  # before any work: never overwrite an input
+        out = check_not_input(out, {"manifest": manifest, "checkpoint": ckpt})
     model = load_checkpoint(ckpt)
     data = model.cfg.data
     dm = PredictDataModule(
@@ -243,8 +253,6 @@ def predict_manifest(
     )
     records = _predict_records(model, dm.predict_dataloader(), accelerator)
     table = _predictions_table(records, dm.subjects, "predict")
-    if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out, index=False)
+    if out is not None:  # temporary file, then rename: no half-written CSV
+        atomic_write(out, lambda tmp: table.to_csv(tmp, index=False), "predictions")
     return table

@@ -25,6 +25,7 @@ __all__ = [
     "SPLIT_NAMES",
     "SplitError",
     "check_disjoint",
+    "check_training_splits",
     "make_splits",
     "write_splits",
 ]
@@ -224,6 +225,95 @@ def check_disjoint(splits: dict[str, pd.DataFrame]) -> None:
             f"each subject must be in exactly one split, got {len(clashes)} in two: "
             + ", ".join(clashes[:20])
         )
+
+
+#: Above this absolute Pearson correlation with the target (training split) a clinical
+#: column is taken for a copy of the label.
+MAX_TARGET_CORRELATION = 0.99
+#: A subject is positive when its target is above this (the rule of the metrics).
+POSITIVE_ABOVE = 0.5
+
+
+def _class_problem(name: str, part: pd.DataFrame, manifest: str, why: str) -> str | None:
+    target = pd.to_numeric(part["target"], errors="coerce").dropna()
+    if len(target) == 0:
+        return None
+    n_pos = int((target > POSITIVE_ABOVE).sum())
+    n_neg = len(target) - n_pos
+    if n_pos and n_neg:
+        return None
+    return (f"`{name} split targets` must hold both classes (target > {POSITIVE_ABOVE:g} and "
+            f"<= {POSITIVE_ABOVE:g}), got {n_neg} <= {POSITIVE_ABOVE:g} and {n_pos} > "
+            f"{POSITIVE_ABOVE:g} ({manifest}); {why}")
+
+
+def check_training_splits(
+    splits: dict[str, pd.DataFrame],
+    clinical_columns: list[str],
+    manifest: str = "manifest",
+    monitor: str | None = None,
+    max_corr: float = MAX_TARGET_CORRELATION,
+) -> None:
+    """Refuse splits that cannot train a meaningful model, before any training.
+
+    Checks, on the splits made by :func:`make_splits`:
+
+    * the training targets hold both classes (``target > 0.5`` and ``<= 0.5``):
+      one class (or one value) gives a model and metrics that mean nothing;
+    * when ``monitor`` selects checkpoints on AUROC (``"auroc"`` in its name) and
+      the validation split is not empty, it holds both classes too;
+    * no clinical column copies the target on the training split: an absolute
+      Pearson correlation above ``max_corr`` means the label leaks into the inputs.
+
+    Parameters
+    ----------
+    splits
+        ``{"train", "val", "test"}`` tables with ``target`` and the clinical columns.
+    clinical_columns
+        The clinical feature columns the model will read.
+    manifest
+        Name used in messages.
+    monitor
+        The checkpoint metric (``trainer.monitor``), e.g. ``"val/auroc"``.
+    max_corr
+        Correlation above which a column counts as a copy of the target.
+
+    Raises
+    ------
+    SplitError
+        Every problem found, one per line, naming the split, the class counts
+        or the column.
+    """
+    problems = []
+    train = splits["train"]
+    found = _class_problem("train", train, manifest,
+                           "add subjects of the missing class, or check the `target` column")
+    if found:
+        problems.append(found)
+    val = splits.get("val")
+    if monitor and "auroc" in monitor and val is not None and len(val):
+        found = _class_problem(
+            "val", val, manifest,
+            f"checkpoint selection on `{monitor}` needs both; change system.seed or "
+            "data.val_fraction, or fix the manifest's `split` column")
+        if found:
+            problems.append(found)
+    target = pd.to_numeric(train["target"], errors="coerce")
+    for col in clinical_columns:
+        if col not in train.columns:
+            continue
+        values = pd.to_numeric(train[col], errors="coerce")
+        both = target.notna() & values.notna()
+        if both.sum() < 3 or values[both].std() == 0 or target[both].std() == 0:
+            continue
+        corr = float(np.corrcoef(values[both], target[both])[0, 1])
+        if abs(corr) > max_corr:
+            problems.append(
+                f"`{col}` must not copy the target, got a correlation {corr:.3f} with "
+                f"`target` over {int(both.sum())} subjects of the train split ({manifest}); "
+                "drop the column (or leave it out of data.clinical_columns)")
+    if problems:
+        raise SplitError("\n".join(problems))
 
 
 def write_splits(splits: dict[str, pd.DataFrame], run_dir: str | Path) -> Path:
