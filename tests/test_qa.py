@@ -39,7 +39,7 @@ def test_qa_table_on_good_cohort(tiny_cohort: Path) -> None:
     rest = table.iloc[1:]
     assert (rest["flags"] == "").all()
     assert (rest["grid_action"] == "on_grid").all()
-    assert (rest["brain_coverage"] == 1.0).all()
+    assert (rest["brain_coverage"] > 0.9).all()  # GM-weighted PET: a little below 1
     assert (rest["template_corr"] > 0.9).all()
     assert (rest["shape"] == "(40, 48, 40)").all() and (rest["voxel_size"] == "4x4x4").all()
     assert (rest["nan_count"] == 0).all() and (rest["max"] > rest["mean"]).all()
@@ -64,14 +64,17 @@ def test_flags_and_errors_for_unregistered_and_odd_volumes(tiny_cohort: Path,
     by_key = {(r.subject_id, r.modality): r.flags for r in flagged.itertuples()}
     assert by_key[("sub-001", "mri")].startswith("not registered? (brain coverage 0.")
     assert "not registered?" in by_key[("sub-001", "pet")]
-    assert by_key[("sub-002", "pet")] == "low template correlation"
+    # Uniform noise fills the field of view but holds no brain signal above its background.
+    assert by_key[("sub-002", "pet")].startswith("not registered? (brain coverage 0.")
+    assert by_key[("sub-002", "pet")].endswith("; low template correlation")
     assert by_key[("sub-003", "pet")] == "missing PET"
     assert "resampled from (40, 48, 40) 4x4x4 mm LAS origin (78, -114, 8)" in set(
         flagged["grid_action"])
 
-    assert not report.ok and len(report.errors) == 2
-    assert all("brain coverage` must be >= 0.8" in e and "row 2, subject `sub-001`" in e
-               for e in report.errors)
+    assert not report.ok and len(report.errors) == 3
+    assert all("brain coverage` must be >= 0.8" in e for e in report.errors)
+    assert ["row 2, subject `sub-001`" in e for e in report.errors] == [True, True, False]
+    assert "row 3, subject `sub-002`" in report.errors[2]
     out = tmp_path / "qa"
     assert pd.read_csv(out / "qa_table.csv").shape == report.table.shape
     assert (out / "errors.txt").read_text().splitlines() == report.errors

@@ -11,11 +11,14 @@ already on the grid passes untouched; an image in MNI space on another grid
 (another voxel size, another orientation) is resampled by
 :func:`nilearn.image.resample_img` with its affine respected. An image whose
 field of view misses much of the MNI brain is probably not registered to MNI
-space and is rejected (or reported by :func:`brain_coverage` for QA).
+space and is rejected (or reported by :func:`brain_coverage` for QA); coverage
+counts voxels of the MNI brain mask that hold brain signal, above the image's
+own background, so a shifted image with a noisy or nonzero background fails too.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +35,12 @@ __all__ = [
     "check_values",
     "conform_loaded",
     "conform_to_grid",
+    "coverage_problem",
     "describe_image",
     "load_volume",
     "problem",
     "read_nifti",
+    "signal_threshold",
 ]
 
 ImageInput = str | Path | nib.spatialimages.SpatialImage
@@ -215,9 +220,46 @@ def load_volume(img: ImageInput, what: str = "image", where: str | None = None
     return out
 
 
-def _coverage(data: np.ndarray, grid: Grid) -> float:
+#: A voxel holds brain signal when it exceeds the background by this fraction of the
+#: image's range (background: median of the source volume's faces; top: 99th percentile).
+SIGNAL_FRACTION = 0.1
+
+
+def signal_threshold(data: np.ndarray) -> float:
+    """Intensity above which a voxel of ``data`` counts as signal rather than background.
+
+    The background is the median of the six faces of the source volume (background
+    in any whole-head or whole-brain acquisition, wherever the affine puts it); the
+    threshold lies :data:`SIGNAL_FRACTION` of the way from it to the 99th percentile.
+    A constant volume has no signal: its threshold is its value.
+    """
+    faces = np.concatenate([data[[0, -1]].ravel(), data[:, [0, -1]].ravel(),
+                            data[:, :, [0, -1]].ravel()])
+    background = float(np.median(faces))
+    top = float(np.percentile(data, 99))
+    return background + SIGNAL_FRACTION * max(top - background, 0.0)
+
+
+def _coverage(data: np.ndarray, grid: Grid, threshold: float) -> float:
     mask = template_on_grid("brain_mask", grid) > 0
-    return float(np.count_nonzero(data[mask]) / max(int(mask.sum()), 1))
+    return float(np.count_nonzero(data[mask] > threshold) / max(int(mask.sum()), 1))
+
+
+def coverage_problem(coverage: float, grid: Grid, action: str, what: str, where: str,
+                     min_coverage: float = MIN_COVERAGE) -> str | None:
+    """Return the message for a brain coverage below ``min_coverage`` (``None`` when fine).
+
+    One wording for training (:func:`conform_to_grid`) and QA
+    (:func:`gazimed_lab.data.qa.run_qa`), so QA predicts what training refuses.
+    """
+    if coverage >= min_coverage:
+        return None
+    return problem(
+        f"{what} brain coverage", f">= {min_coverage:g} of the MNI brain mask holding brain "
+        "signal", f"{coverage:.2f} after conforming to grid {grid.name} ({action})", where,
+        "the image is probably not registered to MNI space (or its affine is wrong); register "
+        "it (e.g. with ANTs or FSL FLIRT/FNIRT) before use, or accept flagged images "
+        "explicitly with data.accept_flagged_images=true")
 
 
 def conform_loaded(image: nib.Nifti1Image, grid: Grid) -> tuple[np.ndarray, str, float]:
@@ -241,11 +283,12 @@ def conform_loaded(image: nib.Nifti1Image, grid: Grid) -> tuple[np.ndarray, str,
         out = np.asarray(resampled.dataobj, dtype=np.float32)
         out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
         action = f"resampled from {describe_image(data.shape, image.affine)}"
-    return out, action, _coverage(out, grid)
+    return out, action, _coverage(out, grid, signal_threshold(np.asarray(data)))
 
 
 def conform_to_grid(img: ImageInput, grid: Grid | str, min_coverage: float | None = MIN_COVERAGE,
-                    what: str = "image", where: str | None = None) -> tuple[np.ndarray, str]:
+                    what: str = "image", where: str | None = None,
+                    accept_flagged: bool = False) -> tuple[np.ndarray, str]:
     """Put a volume on an MNI grid, respecting its affine.
 
     Parameters
@@ -256,10 +299,14 @@ def conform_to_grid(img: ImageInput, grid: Grid | str, min_coverage: float | Non
         Target grid (a :class:`~gazimed_lab.data.grid.Grid` or a grid name).
     min_coverage
         Minimum fraction of the grid's MNI brain-mask voxels that must hold
-        nonzero data after conforming; below it the image is probably not
-        registered to MNI space. ``None`` disables the check.
+        brain signal (above :func:`signal_threshold`) after conforming; below
+        it the image is probably not registered to MNI space. ``None``
+        disables the check.
     what, where
         Names used in messages (see :func:`load_volume`).
+    accept_flagged
+        Accept an image below ``min_coverage`` with a warning instead of an
+        error (``data.accept_flagged_images``).
 
     Returns
     -------
@@ -276,17 +323,21 @@ def conform_to_grid(img: ImageInput, grid: Grid | str, min_coverage: float | Non
     where = where or _source_name(img)
     image = load_volume(img, what, where)
     data, action, coverage = conform_loaded(image, grid)
-    if min_coverage is not None and coverage < min_coverage:
-        raise ImageError(problem(
-            f"{what} brain coverage", f">= {min_coverage:g} of the MNI brain mask",
-            f"{coverage:.2f} after conforming to grid {grid.name} ({action})", where,
-            "the image is probably not registered to MNI space; register it (e.g. with "
-            "ANTs or FSL FLIRT/FNIRT) before use"))
+    found = None if min_coverage is None else coverage_problem(
+        coverage, grid, action, what, where, min_coverage)
+    if found is not None:
+        if not accept_flagged:
+            raise ImageError(found)
+        warnings.warn(f"{found} [accepted because data.accept_flagged_images is true]",
+                      UserWarning, stacklevel=2)
     return data, action
 
 
 def brain_coverage(img: ImageInput, grid: Grid | str, what: str = "image") -> float:
-    """Fraction of the grid's MNI brain mask holding nonzero data once conformed.
+    """Fraction of the grid's MNI brain mask holding brain signal once conformed.
+
+    Signal means above :func:`signal_threshold` (background noise or a nonzero
+    background does not count).
 
     A registered whole-brain image covers nearly 1.0; an image whose field of
     view misses part of the MNI brain (not registered, cropped) covers less.

@@ -23,6 +23,7 @@ from gazimed_lab.data.images import (
     check_same_space,
     check_values,
     conform_loaded,
+    coverage_problem,
     problem,
     read_nifti,
 )
@@ -93,12 +94,10 @@ def _inspect(vol: _Volume, grid: Grid, mask: np.ndarray) -> _Volume:
     corr = _corr(data[mask], template_on_grid(_TEMPLATE_FOR[modality], grid)[mask])
     row.update(grid_action=action, brain_coverage=coverage, template_corr=corr)
     flags = []
-    if coverage < MIN_COVERAGE:
+    found = coverage_problem(coverage, grid, action, modality, vol.where, MIN_COVERAGE)
+    if found is not None:  # the very check (and message) training applies
         flags.append(f"not registered? (brain coverage {coverage:.2f})")
-        vol.errors.append(problem(
-            f"{modality} brain coverage", f">= {MIN_COVERAGE:g} of the MNI brain mask",
-            f"{coverage:.2f} on grid {grid.name} ({action})", vol.where,
-            "the image is probably not registered to MNI space"))
+        vol.errors.append(found)
     if not corr >= MIN_TEMPLATE_CORRELATION:
         flags.append("low template correlation")
     row["flags"] = "; ".join(flags)
