@@ -32,10 +32,11 @@ from gazimed_lab.viz.slices import (
     plot_slice,
     template_image,
 )
-from gazimed_lab.viz.widgets import metrics_explorer, slice_viewer
+from gazimed_lab.viz.widgets import feature_browser, metrics_explorer, qa_browser, slice_viewer
 
 __all__ = [
     "as_image",
+    "feature_browser",
     "image_brain_mask",
     "metrics_explorer",
     "plot_brain_outline_on_template",
@@ -56,6 +57,7 @@ __all__ = [
     "plot_slice",
     "plot_split_balance",
     "plot_subgroups",
+    "qa_browser",
     "save_figure",
     "slice_viewer",
     "template_image",

@@ -1,18 +1,20 @@
-"""ipywidgets viewers: a slice viewer for subjects and a metrics explorer for runs.
+"""ipywidgets viewers: slices of subjects, the QA table, clinical features, run metrics.
 
-Both return an ``ipywidgets.VBox`` subclass with an ``update()`` method (the
+Each returns an ``ipywidgets.VBox`` subclass with an ``update()`` method (the
 redraw callback, also called by every control) and ``figure`` (the last figure
 drawn), so they construct and redraw without a display (e.g. in tests).
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from IPython.display import display
 from matplotlib.figure import Figure
@@ -20,9 +22,19 @@ from matplotlib.figure import Figure
 from gazimed_lab import evaluation as ev
 from gazimed_lab.viz import curves
 from gazimed_lab.viz import dashboards as dash
+from gazimed_lab.viz._figures import _DX_COLORS
 from gazimed_lab.viz.slices import AXIS_NAMES, ImageLike, _canonical, as_image, plot_slice
 
-__all__ = ["MetricsExplorer", "SliceViewer", "metrics_explorer", "slice_viewer"]
+__all__ = [
+    "FeatureBrowser",
+    "MetricsExplorer",
+    "QABrowser",
+    "SliceViewer",
+    "feature_browser",
+    "metrics_explorer",
+    "qa_browser",
+    "slice_viewer",
+]
 
 PET_ON_MRI = "PET on MRI"
 _MRI_KEYS = ("mri", "t1", "t1w")
@@ -42,7 +54,7 @@ def _show(output: widgets.Output, fig: Figure, html: str | None = None) -> None:
 
 
 class SliceViewer(widgets.VBox):
-    """Slice viewer: subject, modality (incl. PET on MRI), axis, slice and opacity controls."""
+    """Slice viewer: subject, modality (incl. overlays on MRI), axis, slice and opacity."""
 
     def __init__(self, subjects: Mapping[str, Mapping[str, ImageLike]],
                  figsize: tuple[float, float] = (6.0, 5.5)) -> None:
@@ -68,7 +80,8 @@ class SliceViewer(widgets.VBox):
         self.slice = widgets.IntSlider(min=0, max=1, value=0, description="slice",
                                        continuous_update=False)
         self.opacity = widgets.FloatSlider(min=0.0, max=1.0, step=0.05, value=0.5,
-                                           description="PET opacity", continuous_update=False)
+                                           description="overlay opacity",
+                                           continuous_update=False)
         self.output = widgets.Output()
         self._reset_slider()
         for control in (self.subject, self.modality, self.axis, self.slice, self.opacity):
@@ -77,11 +90,19 @@ class SliceViewer(widgets.VBox):
                           widgets.HBox([self.slice, self.opacity]), self.output])
         self.update()
 
+    def _overlays(self, sid: str) -> dict[str, tuple[str, str]]:
+        """``shown name -> (MRI key, overlay key)``: PET and every map (e.g. saliency) on MRI."""
+        mods = self.subjects[sid]
+        mri = _key(mods, _MRI_KEYS)
+        if mri is None:
+            return {}
+        pet = _key(mods, _PET_KEYS)
+        out = {PET_ON_MRI: (mri, pet)} if pet else {}
+        out.update({f"{k} on MRI": (mri, k) for k in mods if k not in (mri, pet)})
+        return out
+
     def _modalities(self, sid: str) -> list[str]:
-        mods = list(self.subjects[sid])
-        if _key(self.subjects[sid], _MRI_KEYS) and _key(self.subjects[sid], _PET_KEYS):
-            mods.append(PET_ON_MRI)
-        return mods
+        return list(self.subjects[sid]) + list(self._overlays(sid))
 
     def _volume(self, sid: str, modality: str) -> Any:
         if (sid, modality) not in self._cache:
@@ -90,9 +111,8 @@ class SliceViewer(widgets.VBox):
         return self._cache[(sid, modality)]
 
     def _base_modality(self) -> str:
-        if self.modality.value == PET_ON_MRI:
-            return _key(self.subjects[self.subject.value], _MRI_KEYS)  # type: ignore[return-value]
-        return str(self.modality.value)
+        pair = self._overlays(self.subject.value).get(str(self.modality.value))
+        return pair[0] if pair else str(self.modality.value)
 
     def _reset_slider(self) -> None:
         data, _ = _canonical(self._volume(self.subject.value, self._base_modality()), "image")
@@ -119,18 +139,19 @@ class SliceViewer(widgets.VBox):
     def update(self) -> Figure:
         """Redraw the figure for the current controls and return it."""
         sid, modality = self.subject.value, self.modality.value
-        overlay = None
-        self.opacity.disabled = modality != PET_ON_MRI
-        if modality == PET_ON_MRI:
-            mods = self.subjects[sid]
-            base = self._volume(sid, _key(mods, _MRI_KEYS))  # type: ignore[arg-type]
-            overlay = self._volume(sid, _key(mods, _PET_KEYS))  # type: ignore[arg-type]
+        overlay, overlay_key = None, ""
+        pair = self._overlays(sid).get(str(modality))
+        self.opacity.disabled = pair is None
+        if pair is not None:
+            base, overlay = self._volume(sid, pair[0]), self._volume(sid, pair[1])
+            overlay_key = pair[1]
         else:
             base = self._volume(sid, modality)
         fig, ax = plt.subplots(figsize=self.figsize)
         plt.close(fig)  # shown through the Output widget only
         plot_slice(base, axis=self.axis.value, index=int(self.slice.value), ax=ax,
                    overlay=overlay, alpha=float(self.opacity.value),
+                   overlay_label=f"{overlay_key} (a.u.)",
                    cbar_label="MRI intensity (a.u.)" if overlay is not None
                    else f"{modality} intensity (a.u.)")
         ax.set_title(f"{sid} · {modality}\n{ax.get_title()}", fontsize="medium")
@@ -150,7 +171,8 @@ def slice_viewer(subjects: Mapping[str, Mapping[str, ImageLike]],
         ``subject_id -> {modality: image or path}``, e.g.
         ``{"sub-001": {"MRI": "mri/sub-001_T1w.nii.gz", "PET": "pet/sub-001_pet.nii.gz"}}``.
         Empty / None entries (missing PET) are left out. "PET on MRI" is offered
-        when a subject has an MRI (``mri``/``t1``) and a PET (``pet``/``fdg``) key.
+        when a subject has an MRI (``mri``/``t1``) and a PET (``pet``/``fdg``) key,
+        and "<key> on MRI" for every other key (e.g. a ``saliency`` map).
     figsize
         Figure size in inches.
 
@@ -160,6 +182,232 @@ def slice_viewer(subjects: Mapping[str, Mapping[str, ImageLike]],
         An ``ipywidgets.VBox``; ``.update()`` redraws, ``.figure`` is the last figure.
     """
     return SliceViewer(subjects, figsize)
+
+
+ALL_SUBJECTS = "all subjects"
+FLAGGED = "flagged"
+NOT_FLAGGED = "not flagged"
+_QA_SHOWN = ["modality", "flags", "grid_action", "brain_coverage", "template_corr",
+             "pet_mri_corr", "min", "mean", "max", "nan_count", "file"]
+
+
+def _split_flags(flags: Any) -> list[str]:
+    return [f.strip() for f in str(flags or "").split(";") if f.strip()]
+
+
+class QABrowser(widgets.VBox):
+    """The QA table by subject: filter by flag, pick a subject, see its QA rows and slices."""
+
+    def __init__(self, qa: pd.DataFrame, figsize: tuple[float, float] = (10.0, 4.6)) -> None:
+        missing = [c for c in ("subject_id", "modality", "file", "flags") if c not in qa.columns]
+        if missing:
+            raise ValueError(
+                "`qa` must be the QA table of gazimed_lab.data.qa.run_qa (report.table), got "
+                f"a table without {missing}")
+        if qa.empty:
+            raise ValueError("`qa` must have at least one row, got an empty QA table")
+        self.qa = qa.assign(flags=qa["flags"].fillna("").astype(str))
+        self.figsize = figsize
+        self.figure: Figure | None = None
+        self._cache: dict[str, Any] = {}
+        flags = sorted({f for value in self.qa["flags"] for f in _split_flags(value)})
+        self.flag = widgets.Dropdown(options=[ALL_SUBJECTS, FLAGGED, NOT_FLAGGED, *flags],
+                                     value=FLAGGED if flags else ALL_SUBJECTS,
+                                     description="show")
+        self.subject = widgets.Dropdown(options=self._matching(), description="subject")
+        self.axis = widgets.ToggleButtons(
+            options=[(f"{name} ({a})", a) for name, a in zip(AXIS_NAMES, "xyz")], value="z",
+            description="axis")
+        self.slice = widgets.FloatSlider(min=0.0, max=1.0, step=0.02, value=0.5,
+                                         description="slice (0-1)", continuous_update=False)
+        self.count = widgets.HTML()
+        self.output = widgets.Output()
+        self._busy = False
+        self.flag.observe(self._filter_changed, names="value")
+        self.subject.observe(self._subject_changed, names="value")
+        for control in (self.axis, self.slice):
+            control.observe(lambda _change: self.update(), names="value")
+        super().__init__([widgets.HBox([self.flag, self.subject, self.count]), self.axis,
+                          self.slice, self.output])
+        self.update()
+
+    def _matching(self) -> list[str]:
+        """Subject ids (flagged first, as in the QA table) that pass the flag filter."""
+        chosen = self.flag.value if hasattr(self, "flag") else ALL_SUBJECTS
+        per_subject = self.qa.groupby("subject_id", sort=False)["flags"].agg(
+            lambda f: {x for value in f for x in _split_flags(value)})
+        if chosen == FLAGGED:
+            keep = per_subject[per_subject.map(bool)]
+        elif chosen == NOT_FLAGGED:
+            keep = per_subject[~per_subject.map(bool)]
+        elif chosen == ALL_SUBJECTS:
+            keep = per_subject
+        else:
+            keep = per_subject[per_subject.map(lambda s: chosen in s)]
+        return [str(s) for s in keep.index]
+
+    def _filter_changed(self, _change: dict[str, Any]) -> None:
+        self._busy = True
+        try:
+            self.subject.options = self._matching()  # selects the first (None when empty)
+        finally:
+            self._busy = False
+        self.update()
+
+    def _subject_changed(self, _change: dict[str, Any]) -> None:
+        if not self._busy:
+            self.update()
+
+    def _image(self, path: str) -> tuple[Any, tuple[int, ...]]:
+        """Read the image once; return it with its RAS shape."""
+        if path not in self._cache:
+            image = as_image(path, "image")
+            self._cache[path] = (image, _canonical(image, "image")[0].shape)
+        return self._cache[path]
+
+    def update(self) -> Figure | None:
+        """Redraw the subject's QA rows and slices; return the figure (None: no subject)."""
+        n = len(self.subject.options)
+        self.count.value = f"{n} subject{'s' if n != 1 else ''}"
+        sid = self.subject.value
+        if sid is None:
+            with self.output:
+                self.output.clear_output(wait=True)
+                display(widgets.HTML(f"<b>no subject is {html.escape(self.flag.value)}</b>"))
+            self.figure = None
+            return None
+        rows = self.qa[self.qa["subject_id"].astype(str) == str(sid)]
+        rows = rows.sort_values("modality", key=lambda m: m.str.lower().map({"mri": 0, "pet": 1}),
+                                kind="stable")  # MRI first, as everywhere else
+        shown = rows[[c for c in _QA_SHOWN if c in rows.columns]]
+        table = shown.to_html(index=False, float_format="{:.3f}".format, na_rep="")
+        fig, axes = plt.subplots(1, len(rows), figsize=self.figsize, squeeze=False)
+        plt.close(fig)  # shown through the Output widget only
+        dim = "xyz".index(self.axis.value)
+        for ax, (_, row) in zip(axes.flat, rows.iterrows()):
+            modality = str(row["modality"]).upper()
+            note = "; ".join(_split_flags(row["flags"])) or "no flags"
+            try:
+                image, shape = self._image(str(row["file"])) if row["file"] else (None, ())
+            except ValueError as exc:  # unreadable: the QA table says why
+                image, note = None, f"{note}\n{exc}"[:200]
+            if image is None:
+                ax.text(0.5, 0.5, f"{modality}: no image\n{note}", ha="center", va="center",
+                        wrap=True, fontsize=9)
+                ax.set_axis_off()
+                continue
+            index = round(float(self.slice.value) * (shape[dim] - 1))
+            plot_slice(image, axis=self.axis.value, index=index, ax=ax,
+                       cbar_label=f"{modality} intensity (a.u.)")
+            ax.set_title(f"{modality} · {note}\n{ax.get_title()}", fontsize="small")
+        fig.suptitle(f"{sid}", fontweight="bold")
+        fig.tight_layout()
+        self.figure = fig
+        _show(self.output, fig, f"<b>{html.escape(str(sid))}</b>{table}")
+        return fig
+
+
+def qa_browser(qa: pd.DataFrame, figsize: tuple[float, float] = (10.0, 4.6)) -> QABrowser:
+    """Interactive browser of the QA table: filter by flag, pick a subject, see its slices.
+
+    Parameters
+    ----------
+    qa
+        The per-volume QA table, ``run_qa(...).table`` (columns ``subject_id``,
+        ``modality``, ``file``, ``flags``, ...).
+    figsize
+        Figure size in inches (one panel per modality).
+
+    Returns
+    -------
+    QABrowser
+        An ``ipywidgets.VBox``: ``flag`` (all / flagged / not flagged / one flag),
+        ``subject``, ``axis`` and ``slice`` (a fraction of the axis) controls;
+        ``.update()`` redraws, ``.figure`` is the last figure.
+    """
+    return QABrowser(qa, figsize)
+
+
+NO_GROUPS = "(none)"
+
+
+class FeatureBrowser(widgets.VBox):
+    """One clinical feature at a time: histogram by group and a per-group summary."""
+
+    def __init__(self, table: pd.DataFrame, features: Sequence[str],
+                 by: Sequence[str] = ("diagnosis", "site", "sex", "split"),
+                 figsize: tuple[float, float] = (6.5, 3.8)) -> None:
+        shown = [str(f) for f in features if f in table.columns]
+        if not shown:
+            raise ValueError(
+                "`features` must name columns of `table`, got none of "
+                f"{list(features)[:5]} in {list(table.columns)[:8]}")
+        self.table = table
+        self.figsize = figsize
+        self.figure: Figure | None = None
+        groups = [c for c in by
+                  if c in table.columns and table[c].replace("", np.nan).notna().any()]
+        self.feature = widgets.Dropdown(options=shown, value=shown[0], description="feature")
+        self.by = widgets.Dropdown(options=[*groups, NO_GROUPS], description="colour by")
+        self.bins = widgets.IntSlider(min=5, max=60, step=1, value=20, description="bins",
+                                      continuous_update=False)
+        self.output = widgets.Output()
+        for control in (self.feature, self.by, self.bins):
+            control.observe(lambda _change: self.update(), names="value")
+        super().__init__([widgets.HBox([self.feature, self.by]), self.bins, self.output])
+        self.update()
+
+    def update(self) -> Figure:
+        """Redraw the histogram and the summary for the current controls; return the figure."""
+        feature, by = str(self.feature.value), str(self.by.value)
+        values = pd.to_numeric(self.table[feature], errors="coerce")
+        labels = (pd.Series("all", index=self.table.index) if by == NO_GROUPS
+                  else self.table[by].replace("", np.nan).fillna("missing").astype(str))
+        fig, ax = plt.subplots(figsize=self.figsize)
+        plt.close(fig)  # shown through the Output widget only
+        observed = values.dropna()
+        bins: int | list[float] = int(self.bins.value)
+        if len(observed):  # one set of edges for every group
+            bins = np.histogram_bin_edges(observed, bins=bins).tolist()
+        for group in sorted(labels.unique()):
+            chosen = values[labels == group].dropna()
+            ax.hist(chosen, bins=bins, alpha=0.5, label=f"{group} (n={len(chosen)})",
+                    color=_DX_COLORS.get(group))
+        n_missing = int(values.isna().sum())
+        ax.set(title=f"{feature}" + (f" ({n_missing} missing)" if n_missing else ""),
+               xlabel="value (data-dictionary units)", ylabel="subjects")
+        ax.legend(title=None if by == NO_GROUPS else by, fontsize=8)
+        fig.tight_layout()
+        summary = values.groupby(labels).agg(["count", "mean", "std", "min", "max"])
+        summary.insert(1, "missing", values.isna().groupby(labels).sum().astype(int))
+        self.figure = fig
+        _show(self.output, fig, summary.to_html(float_format="{:.3g}".format))
+        return fig
+
+
+def feature_browser(table: pd.DataFrame, features: Sequence[str],
+                    by: Sequence[str] = ("diagnosis", "site", "sex", "split"),
+                    figsize: tuple[float, float] = (6.5, 3.8)) -> FeatureBrowser:
+    """Interactive browser of clinical feature distributions.
+
+    Parameters
+    ----------
+    table
+        One row per subject, e.g. ``read_manifest(manifest).table``.
+    features
+        Feature columns offered (those absent from ``table`` are left out).
+    by
+        Columns offered for colouring (those present and not empty), plus "(none)".
+    figsize
+        Figure size in inches.
+
+    Returns
+    -------
+    FeatureBrowser
+        An ``ipywidgets.VBox``: ``feature``, ``by`` and ``bins`` controls;
+        ``.update()`` redraws, ``.figure`` is the last figure.
+    """
+    return FeatureBrowser(table, features, by, figsize)
 
 
 VIEWS = ("ROC", "precision-recall", "calibration", "predicted vs true", "confusion",
