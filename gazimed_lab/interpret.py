@@ -220,15 +220,16 @@ class _FixedContext(nn.Module):
 
 
 def _mask_triple(mask_size: int | Sequence[int], shape: tuple[int, ...]) -> tuple[int, ...]:
-    sizes = [mask_size] * 3 if _is_int(mask_size) else mask_size
+    given: Any = [mask_size] * 3 if _is_int(mask_size) else mask_size
     image = "x".join(map(str, shape))
-    ok = isinstance(sizes, Sequence) and len(sizes) == 3 and all(_is_int(s) for s in sizes)
+    ok = isinstance(given, Sequence) and len(given) == 3 and all(_is_int(s) for s in given)
+    sizes = [int(s) for s in given] if ok else []
     if not ok or any(not 0 < s < d for s, d in zip(sizes, shape)):
         raise ValueError(
             f"`mask_size` must be a positive int smaller than the image, got {mask_size!r} "
             f"(image {image})"
         )
-    return tuple(int(s) for s in sizes)
+    return tuple(sizes)
 
 
 def occlusion_map(
@@ -236,7 +237,7 @@ def occlusion_map(
     batch: Batch,
     mask_size: int | Sequence[int] = 8,
     overlap: float = 0.5,
-    n_batch: int = 16,
+    n_batch: int = 64,
     mode: str | float = "gaussian",
     channel: int | None = None,
 ) -> np.ndarray:
@@ -255,9 +256,12 @@ def occlusion_map(
     mask_size
         Edge of the occluding box in voxels (int or 3 ints), smaller than the image.
     overlap
-        Overlap of neighbouring boxes, in [0, 1).
+        Overlap of neighbouring boxes, in [0, 1). The number of forward passes
+        grows as ``1 / (1 - overlap) ** 3``: 0.5 costs 8x (0.25: 2.4x) the
+        passes of non-overlapping boxes.
     n_batch
-        Occluded copies scored per forward pass.
+        Occluded copies scored per forward pass (larger batches mostly pay off
+        on a GPU; on a CPU the forward passes themselves dominate).
     mode
         MONAI occlusion mode: ``gaussian`` (multiply by 1 - Gaussian: the box
         centre goes to 0, i.e. the brain mean of a z-scored MRI), ``mean_patch``,

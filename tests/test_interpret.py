@@ -119,6 +119,31 @@ def test_occlusion_is_a_positive_drop_in_the_cube_and_zero_far_away():
     np.testing.assert_allclose(occ[1], 0.0, atol=1e-6)  # its own clinical features were used
 
 
+class CountingCube(CubeModel):
+    """CubeModel that records the batch size of every forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        self.batches.append(int(batch["images"].shape[0]))
+        return super().forward(batch)
+
+
+def test_occlusion_cost_follows_overlap_and_batches_default_to_64():
+    batch = make_batch(b=1)
+    dense, sparse = CountingCube(), CountingCube()
+    occ_dense = occlusion_map(dense, batch, mask_size=4, overlap=0.5)
+    occ_sparse = occlusion_map(sparse, batch, mask_size=4, overlap=0.25)
+    # 7 x 9 x 7 = 441 occluded copies (+1 unoccluded) vs 5 x 7 x 5 = 175 (+1)
+    assert (sum(dense.batches), sum(sparse.batches)) == (442, 176)
+    assert max(dense.batches) == 64 and len(dense.batches) == 8  # ceil(441 / 64) + 1
+    for occ in (occ_dense, occ_sparse):  # the cheaper map still finds the cube
+        assert cube_mask()[np.unravel_index(np.argmax(occ[0]), SHAPE)]
+        np.testing.assert_allclose(occ[0][far_mask(margin=4)], 0.0, atol=1e-6)
+
+
 def test_occlusion_single_channel():
     model = CubeModel()
     batch = make_batch(b=1)
