@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gazimed-setup
 KERNEL := gazimed-lab
 PYTEST_ARGS ?=
+LAB_ARGS ?=
 
 .PHONY: setup demo test test-fast lint typecheck lab clean-cache
 
@@ -35,8 +36,10 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy gazimed_lab
 
+# JupyterLab on 127.0.0.1 with a token (URL printed), --allow-root as root, the notebooks
+# folder as root and kernel $(KERNEL) as default; LAB_ARGS e.g. "--port 8899 --no-browser".
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/python -m gazimed_lab.notebook --notebook-dir notebooks $(LAB_ARGS)
 
 clean-cache:
 	rm -rf .cache
