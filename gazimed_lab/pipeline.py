@@ -4,11 +4,20 @@
 ``RUN_DIR/notebooks/``. A failing notebook stops the pipeline with an error that
 names the notebook and the cell; what earlier notebooks wrote stays. A finished
 run folder is not overwritten unless asked.
+
+Each notebook is executed under a temporary name and renamed once it finished (a
+failed one is kept as ``<name>.failed.ipynb``), and ``RUN_DIR/pipeline_state.json``
+records the parameters and the notebooks finished. Running the same command again
+after a failure or a kill continues from the first unfinished notebook, keeping
+the finished ones; other parameters are refused with the commands that continue
+or restart (``--overwrite``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +37,8 @@ __all__ = [
 
 PIPELINE_NOTEBOOKS = ("01_data_qa", "02_train", "03_metrics_dashboard", "04_slice_viewer")
 KERNEL_NAME = "gazimed-lab"
+#: Pipeline state in the run folder: parameters, notebooks, and those finished.
+STATE_FILE = "pipeline_state.json"
 
 
 class PipelineError(RuntimeError):
@@ -91,22 +102,64 @@ def run_notebook(
         raise FileNotFoundError(f"notebook must exist, got a missing file ({source})")
     run_dir = Path(run_dir).resolve()
     out = run_dir / "notebooks" / f"{name}.ipynb"
+    # Executed under a temporary name, renamed when it finished: a kill or a failure
+    # never replaces a good executed notebook, nor leaves a partial one under its name.
+    partial = out.with_name(f".{name}.partial.ipynb")
+    failed = out.with_name(f"{name}.failed.ipynb")
     out.parent.mkdir(parents=True, exist_ok=True)
+    partial.unlink(missing_ok=True)
     declared = _declared_parameters(source)
     given = {"run_dir": str(run_dir), **(parameters or {})}
     passed = {k: v for k, v in given.items() if k in declared}
     try:
         pm.execute_notebook(
-            str(source), str(out), parameters=passed, kernel_name=_kernel_name(),
+            str(source), str(partial), parameters=passed, kernel_name=_kernel_name(),
             cwd=str(source.parent), progress_bar=False, log_output=False,
         )
     except pm.PapermillExecutionError as exc:
+        if partial.exists():
+            os.replace(partial, failed)
         raise PipelineError(
             f"notebook `{name}` failed at cell {exc.cell_index} (execution count "
             f"{exc.exec_count}): {exc.ename}: {exc.evalue}; the executed notebook is at "
-            f"{out} and earlier notebooks' outputs are kept in {run_dir}"
+            f"{failed} and earlier notebooks' outputs are kept in {run_dir}; fix the cause, "
+            f"then rerun the same command to continue from `{name}`"
         ) from exc
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, out)
+    failed.unlink(missing_ok=True)
     return out
+
+
+def _command(run_dir: Path, params: dict[str, Any], overwrite: bool = False) -> str:
+    """Return the ``gazimed-lab pipeline`` command line that runs with ``params``."""
+    parts = ["gazimed-lab", "pipeline", "--run-dir", shlex.quote(str(run_dir)),
+             "--preset", shlex.quote(str(params.get("preset", "cpu-demo")))]
+    if "manifest" in params:
+        parts += ["--manifest", shlex.quote(str(params["manifest"]))]
+    for key, value in params.items():
+        if key not in ("preset", "manifest"):
+            text = value if isinstance(value, str) else json.dumps(value)
+            parts += ["-p", shlex.quote(f"{key}={text}")]
+    return " ".join(parts + (["--overwrite"] if overwrite else []))
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # unreadable: treated as no state (everything runs again)
+    return state if isinstance(state, dict) else None
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
 
 
 def run_pipeline(
@@ -153,15 +206,43 @@ def run_pipeline(
             f"notebook parameters must be declared by a notebook, got {unknown}; declared: "
             f"{sorted(declared)}"
         )
+    state_path = run_dir / STATE_FILE
     if overwrite:
         marker.unlink(missing_ok=True)
+        state_path.unlink(missing_ok=True)
         (run_dir / "metrics.json").unlink(missing_ok=True)
-    summary: dict[str, Any] = {"notebooks": {}, "parameters": params}
+    params = json.loads(json.dumps(params))  # as the state file will hold them
+    state = _read_state(state_path)
+    if state is not None and (state.get("parameters") != params
+                              or state.get("notebooks") != list(notebooks)):
+        old = state.get("parameters") if isinstance(state.get("parameters"), dict) else {}
+        raise FileExistsError(
+            f"`run_dir` holds an unfinished pipeline run with other parameters or notebooks, "
+            f"got {state.get('parameters')} ({state.get('notebooks')}) in {state_path}; "
+            f"continue it with `{_command(run_dir, old or {})}`, or restart it with "
+            f"`{_command(run_dir, params, overwrite=True)}`")
+    finished: dict[str, float] = dict(state.get("finished", {})) if state else {}
+    kept: list[str] = []  # the leading finished notebooks; everything after reruns
     for name in notebooks:
+        if name not in finished or not (run_dir / "notebooks" / f"{name}.ipynb").is_file():
+            break
+        kept.append(name)
+    summary: dict[str, Any] = {"notebooks": {}, "parameters": params, "kept": kept}
+    new_state = {"parameters": params, "notebooks": list(notebooks),
+                 "finished": {n: finished[n] for n in kept}}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_state(state_path, new_state)
+    for name in notebooks:
+        if name in kept:
+            summary["notebooks"][name] = finished[name]
+            print(f"  {name:<24} kept (finished before)", flush=True)
+            continue
         start = time.perf_counter()
         run_notebook(name, run_dir, params, source_dir=src)
         seconds = round(time.perf_counter() - start, 1)
         summary["notebooks"][name] = seconds
+        new_state["finished"][name] = seconds
+        _write_state(state_path, new_state)
         print(f"  {name:<24} done in {seconds:6.1f} s", flush=True)
     marker.write_text(json.dumps(summary, indent=2))
     return summary

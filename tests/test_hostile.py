@@ -229,7 +229,8 @@ def _notebook(path: Path, source: str) -> None:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('run_dir = ""  # run folder\nfail = False  # fail')
+    params = nbformat.v4.new_code_cell(
+        'run_dir = ""  # run folder\npreset = ""  # preset\nfail = False  # fail')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(source)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
