@@ -285,3 +285,18 @@ def test_pipeline_rerun_continues_from_the_first_unfinished_notebook(
     assert not (run / "notebooks" / "c_third.failed.ipynb").exists()
     assert not (run / "notebooks" / ".c_third.partial.ipynb").exists()
     assert (run / "pipeline.json").is_file()
+
+
+# ---------------------------------------------------------------- weak: NA spellings
+def test_na_subject_id_and_none_pet_path_are_read_as_written(tiny_cohort: Path) -> None:
+    def change(frame: pd.DataFrame) -> None:
+        frame.loc[0, "subject_id"] = "NA"
+        frame.loc[1, "pet"] = "None"  # a file named None
+        frame.loc[2, "feat_0"] = "NA"  # a clinical value: still missing
+
+    root = tiny_cohort.parent
+    (root / "None").write_bytes((root / "pet" / "sub-001_pet.nii.gz").read_bytes())
+    cohort = read_manifest(_edit(tiny_cohort, change), check_images=False)
+    assert cohort.subject_ids[0] == "NA"
+    assert cohort.table.loc[1, "pet"] == str(root / "None")
+    assert np.isnan(cohort.table.loc[2, "feat_0"])

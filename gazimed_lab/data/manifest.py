@@ -53,6 +53,10 @@ RESERVED_COLUMNS: tuple[str, ...] = (
     "subject_id", "mri", "pet", "target", "diagnosis", "site", "sex", "split")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _TEXT_COLUMNS = ("diagnosis", "site", "sex", "split")
+_VERBATIM_COLUMNS = ("subject_id", "mri", "pet")
+#: pandas' default missing-value spellings (``pd.read_csv``'s ``na_values``).
+_NA_SPELLINGS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+                 "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
 class ManifestError(ValueError):
@@ -146,11 +150,16 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame | None, list[str]]:
         return None, bad
     try:
         frame = pd.read_csv(path, dtype=str, skip_blank_lines=True, index_col=False,
-                            encoding="utf-8-sig")
+                            encoding="utf-8-sig", keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         return None, [problem("manifest", "a readable CSV file", f"a parse error [{exc}]", where)]
     frame.columns = names
-    frame = frame.apply(lambda col: col.str.strip()).replace("", np.nan)
+    frame = frame.apply(lambda col: col.str.strip())
+    # Identifiers and paths are text as written (`NA` is a subject id, `None` a file
+    # name); only the other columns read pandas' missing-value spellings as missing.
+    for col in frame.columns:
+        missing = [""] if col in _VERBATIM_COLUMNS else _NA_SPELLINGS
+        frame[col] = frame[col].where(~frame[col].isin(missing))
     return frame, []
 
 
