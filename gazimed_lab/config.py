@@ -22,6 +22,7 @@ __all__ = [
     "CACHE_DTYPES",
     "CHANNELS",
     "CLIP_ALGORITHMS",
+    "IMAGE_PATHWAYS",
     "LOSSES",
     "MODES",
     "NONFINITE_POLICIES",
@@ -60,6 +61,8 @@ CHANNELS: tuple[int, ...] = (1, 2, 3)
 PET_REFERENCES: tuple[str, ...] = ("whole_brain", "cerebellum", "pons")
 #: ``data.cache_dtype``: storage dtype of the preprocessed volumes.
 CACHE_DTYPES: tuple[str, ...] = ("float16", "float32")
+#: ``model.image_pathway``: Swin encoders with cross-attention, atlas-region means, or both.
+IMAGE_PATHWAYS: tuple[str, ...] = ("swin", "regions", "swin+regions")
 #: ``trainer.gradient_clip_algorithm``.
 CLIP_ALGORITHMS: tuple[str, ...] = ("norm", "value")
 #: ``trainer.nonfinite_policy``: what a non-finite training loss does.
@@ -131,6 +134,20 @@ class ModelConfig:
     drop_path_rate: float = 0.1
     modality_dropout: float = 0.1
     activation_checkpointing: bool = False
+    #: Deep supervision: in multimodal mode, an auxiliary head per branch (image, clinical)
+    #: scores the target from that branch alone; their losses, weighted by
+    #: ``aux_loss_weight``, are added to the main loss in training.
+    deep_supervision: bool = False
+    aux_loss_weight: float = 0.5
+    #: How the image branch reads the volumes: ``swin`` (Swin encoders + MRI->PET
+    #: cross-attention), ``regions`` (mean of each channel in each atlas region,
+    #: standardized across subjects, then an MLP) or ``swin+regions`` (both, concatenated).
+    image_pathway: str = "swin"
+    #: Atlas of the ``regions`` pathway: ``aal``, ``aal3`` (shipped), or a label NIfTI path
+    #: with a names file beside it (same stem, ``.txt``).
+    region_atlas: str = "aal"
+    #: False: the image branch ignores the MRI channel (a PET-only model, data.channels >= 2).
+    use_mri: bool = True
 
 
 @dataclass
@@ -360,6 +377,13 @@ def _validate(cfg: DictConfig) -> None:
          cfg.model.fusion_pooling),
         (cfg.optim.loss in (*LOSSES, "weighted"), "optim.loss", one_of((*LOSSES, "weighted")),
          cfg.optim.loss),
+        (cfg.model.image_pathway in IMAGE_PATHWAYS, "model.image_pathway",
+         one_of(IMAGE_PATHWAYS), cfg.model.image_pathway),
+        (cfg.model.use_mri or cfg.data.channels >= 2 or cfg.model.mode == "clinical_only",
+         "data.channels", ">= 2 with model.use_mri=false (a PET-only model needs PET)",
+         cfg.data.channels),
+        (cfg.model.aux_loss_weight >= 0, "model.aux_loss_weight", ">= 0",
+         cfg.model.aux_loss_weight),
         (0.0 < cfg.optim.threshold < 1.0, "optim.threshold", "in (0, 1)", cfg.optim.threshold),
         (cfg.optim.image_lr_scale > 0, "optim.image_lr_scale", "> 0", cfg.optim.image_lr_scale),
         (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction", "in [0, 1)",

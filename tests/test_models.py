@@ -427,3 +427,37 @@ def test_clinical_feature_dropout_hides_values_in_training_only():
     assert seen[1].min().item() == 1.0  # nothing hidden in evaluation
     with pytest.raises(ValueError, match=r"`clinical_feature_dropout` must be in \[0, 1\)"):
         ClinicalEncoder(6, (8,), 4, feature_dropout=1.0)
+
+
+def test_deep_supervision_adds_branch_losses_in_training_only():
+    net = MultimodalAlzheimersNet(in_channels=2, **{**TINY, "deep_supervision": True}).eval()
+    batch = tiny_batch()
+    with torch.no_grad():
+        fused, aux = net.branch_logits(*net_inputs(batch))
+        assert set(aux) == {"image", "clinical"} and fused.shape == aux["image"].shape == (4,)
+        assert torch.equal(fused, net.logits(*net_inputs(batch)))
+    assert MultimodalAlzheimersNet(**TINY).branch_logits(*net_inputs(batch))[1] == {}
+    assert MultimodalAlzheimersNet(**{**TINY, "mode": "image_only", "deep_supervision": True}
+                                   ).aux_heads is None  # one branch: nothing to supervise
+
+    cfg = load_config("cpu-demo", overrides=[*TINY_OVERRIDES, "model.dropout=0.0",
+                                             "model.clinical_feature_dropout=0.0",
+                                             "model.modality_dropout=0.0"])
+    plain = AlzheimersLightningModule(cfg, spec=tiny_spec())
+    torch.manual_seed(0)
+    weights = {"model.deep_supervision=true": 0.0, "model.aux_loss_weight=2.0": 2.0}
+    ds = AlzheimersLightningModule(
+        load_config("cpu-demo", overrides=[*TINY_OVERRIDES, *weights, "model.dropout=0.0",
+                                           "model.clinical_feature_dropout=0.0",
+                                           "model.modality_dropout=0.0"]), spec=tiny_spec())
+    ds.model.load_state_dict(plain.model.state_dict(), strict=False)
+    main_loss, _ = plain._step(batch, "train")
+    total, _ = ds._step(batch, "train")
+    _, aux = ds.model.branch_logits(*net_inputs(batch)[:1], batch["modality_mask"],
+                                    batch["clinical_features"], batch["clinical_mask"])
+    aux_loss = torch.stack([ds.loss_fn(a, batch["targets"]) for a in aux.values()]).mean()
+    assert torch.allclose(total, main_loss + 2.0 * aux_loss, atol=1e-6)
+    val_loss, _ = ds._step(batch, "val")  # validation scores the fused head only
+    assert torch.allclose(val_loss, main_loss, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"`model.aux_loss_weight` must be >= 0"):
+        load_config("cpu-demo", overrides=["model.aux_loss_weight=-1"])

@@ -77,13 +77,13 @@ def test_checkpoint_alone_reproduces_the_predictions(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_checkpoint_carries_config_and_preprocessing(trained):
+def test_checkpoint_carries_config_and_input_spec(trained):
     result, _ = trained
     model = load_checkpoint(result.best_checkpoint)
-    assert model.preprocessing["grid"]["name"] == "demo_4mm"
-    assert len(model.preprocessing["feature_names"]) == 118
-    assert model.cfg.model.clinical_features_dim == 118
-    assert list(model.cfg.model.img_size) == [40, 48, 40]
+    assert model.spec.grid.name == "demo_4mm" and model.spec.img_size == (40, 48, 40)
+    assert model.spec.fitted and model.spec.n_features == 118
+    assert model.get_model_info()["img_size"] == [40, 48, 40]
+    assert model.cfg.preset == "cpu-demo"
 
 
 @pytest.mark.slow

@@ -307,8 +307,18 @@ class AlzheimersLightningModule(pl.LightningModule):
                 f"`targets` must be finite for {stage}, got NaN for subject_id {ids}; "
                 "targets may be missing only for prediction"
             )
-        logits = self._logits(batch)
+        aux: dict[str, torch.Tensor] = {}
+        if self._custom is None and stage == "train":
+            logits, aux = self.model.branch_logits(  # type: ignore[operator]
+                **{k: batch.get(k) for k in NETWORK_INPUTS})
+        else:
+            logits = self._logits(batch)
         loss = self.loss_fn(logits, targets)
+        if aux:  # deep supervision: each branch also scores the target alone
+            aux_loss = torch.stack([self.loss_fn(a, targets) for a in aux.values()]).mean()
+            self.log("train/aux_loss", aux_loss, on_step=False, on_epoch=True,
+                     batch_size=len(targets), sync_dist=True)
+            loss = loss + float(self.cfg.model.aux_loss_weight) * aux_loss
         return loss, torch.sigmoid(logits.detach().float())
 
     def metrics(self, stage: str) -> ScoreMetrics:

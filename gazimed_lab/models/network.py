@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from gazimed_lab.config import MODES, ModelConfig
+from gazimed_lab.config import IMAGE_PATHWAYS, MODES, ModelConfig
 from gazimed_lab.models.clinical import ClinicalEncoder, mlp
 from gazimed_lab.models.encoders import N_STAGES, SwinImageEncoder, check_triple
 from gazimed_lab.models.fusion import CrossModalFusion, SubjectStandardize
+from gazimed_lab.models.regions import RegionEncoder
 
 if TYPE_CHECKING:
     from gazimed_lab.data.spec import InputSpec
@@ -86,6 +87,11 @@ class MultimodalAlzheimersNet(nn.Module):
         drop_path_rate: float = _D.drop_path_rate,
         modality_dropout: float = _D.modality_dropout,
         activation_checkpointing: bool = _D.activation_checkpointing,
+        deep_supervision: bool = _D.deep_supervision,
+        aux_loss_weight: float = _D.aux_loss_weight,
+        image_pathway: str = _D.image_pathway,
+        use_mri: bool = _D.use_mri,
+        region_masks: Any = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -96,12 +102,25 @@ class MultimodalAlzheimersNet(nn.Module):
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout}")
         if not 0.0 <= float(modality_dropout) <= 1.0:
             raise ValueError(f"`modality_dropout` must be in [0, 1], got {modality_dropout}")
+        if image_pathway not in IMAGE_PATHWAYS:
+            raise ValueError(f"`image_pathway` must be one of {IMAGE_PATHWAYS}, got "
+                             f"{image_pathway!r}")
         self.mode = mode
         self.in_channels = int(in_channels)
         self.modality_dropout = float(modality_dropout)
         self.uses_images = mode != "clinical_only"
         self.uses_clinical = mode != "image_only"
-        self.with_pet = self.uses_images and self.in_channels > 1
+        self.use_mri = bool(use_mri)
+        if self.uses_images and not self.use_mri and self.in_channels < 2:
+            raise ValueError(f"`in_channels` must be >= 2 without the MRI (use_mri=False: a "
+                             f"PET-only model), got {in_channels}")
+        # PET channels the image branch reads; the first image channel it reads.
+        self.pet_channels = self.in_channels - 1 if self.uses_images else 0
+        self.first_channel = 0 if self.use_mri else 1
+        self.with_pet = self.uses_images and self.in_channels > 1 and self.use_mri
+        self.image_pathway = image_pathway
+        self.region_encoder: RegionEncoder | None = None
+        self.image_width = 0
         self.mri_encoder: SwinImageEncoder | None = None
         self.pet_encoder: SwinImageEncoder | None = None
         self.pet_adapter: nn.Module | None = None
@@ -113,9 +132,18 @@ class MultimodalAlzheimersNet(nn.Module):
             if img_size is None:
                 raise ValueError(
                     "`img_size` must be 3 positive integers for mode "
-                    f"{mode!r}, got None (set `model.img_size` or the data grid)"
+                    f"{mode!r}, got None (the data grid's shape, InputSpec.img_size)"
                 )
             self.img_size = check_triple("img_size", img_size)
+        if self.uses_images and "regions" in image_pathway:
+            if region_masks is None:
+                raise ValueError("`region_masks` must be (R, D, H, W) atlas masks for the "
+                                 "regions pathway, got None (build_network makes them)")
+            self.region_encoder = RegionEncoder(
+                region_masks, 1 if self.use_mri else 0, self.pet_channels, int(fusion_dim),
+                float(dropout))
+            self.image_width += int(fusion_dim)
+        if self.uses_images and "swin" in image_pathway:
             stages = [int(s) for s in fusion_stages]
             if not stages or len(set(stages)) != len(stages) or any(
                 s < 0 or s > N_STAGES for s in stages
@@ -131,7 +159,9 @@ class MultimodalAlzheimersNet(nn.Module):
                 drop_path_rate=drop_path_rate, use_checkpoint=activation_checkpointing,
                 n_outputs=max(stages) + 1,
             )
-            self.mri_encoder = SwinImageEncoder(1, **encoder_args)
+            # Without the MRI (PET-only) the first encoder reads the PET channels alone.
+            self.mri_encoder = SwinImageEncoder(
+                1 if self.use_mri else self.pet_channels, **encoder_args)
             if self.with_pet:
                 if shared_encoder:
                     if self.in_channels == 3:
@@ -150,7 +180,8 @@ class MultimodalAlzheimersNet(nn.Module):
             # (same MNI anatomy, regional effects): standardize the image vector across
             # subjects, as the fusion does for each token (see fusion.py).
             self.image_norm = SubjectStandardize(int(fusion_dim))
-            width += int(fusion_dim)
+            self.image_width += int(fusion_dim)
+        width += self.image_width
         self.shared_encoder = bool(shared_encoder) and self.with_pet
         if self.uses_clinical:
             self.clinical_features_dim = int(clinical_features_dim)
@@ -164,6 +195,15 @@ class MultimodalAlzheimersNet(nn.Module):
             if len(head_hidden) else nn.Identity(),
             nn.Linear(int(head_hidden[-1]) if len(head_hidden) else width, 1),
         )
+        # Deep supervision: each branch must score the target on its own too (the
+        # LightningModule adds their losses, weighted by aux_loss_weight, in training).
+        self.aux_loss_weight = float(aux_loss_weight)
+        self.aux_heads: nn.ModuleDict | None = None
+        if deep_supervision and self.uses_images and self.uses_clinical:
+            self.aux_heads = nn.ModuleDict({
+                "image": nn.Linear(self.image_width, 1),
+                "clinical": nn.Linear(int(clinical_out_dim), 1),
+            })
 
     # ------------------------------------------------------------------ forward
     def _check_images(self, images: torch.Tensor | None) -> torch.Tensor:
@@ -191,13 +231,23 @@ class MultimodalAlzheimersNet(nn.Module):
     def encode_images(
         self, images: torch.Tensor, modality_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Image branch: ``(B, C, *img_size)`` -> ``(B, fusion_dim)``."""
+        """Image branch: ``(B, C, *img_size)`` -> ``(B, image_width)``."""
         images = self._check_images(images)
-        mri_features = self.mri_encoder(images[:, :1])  # type: ignore[misc]
-        selected = [mri_features[s] for s in self.fusion_stages]
+        present = (self.pet_present(modality_mask, images.shape[0], images.device)
+                   if self.pet_channels else None)
+        vectors = []
+        if self.mri_encoder is not None:
+            vectors.append(self._encode_swin(images, present))
+        if self.region_encoder is not None:
+            vectors.append(self.region_encoder(images[:, self.first_channel:], present))
+        return vectors[0] if len(vectors) == 1 else torch.cat(vectors, dim=1)
+
+    def _encode_swin(self, images: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+        first = self.mri_encoder(images[:, :1] if self.use_mri else images[:, 1:])  # type: ignore[misc]
+        selected = [first[s] for s in self.fusion_stages]
         if not self.with_pet:
             return self.image_norm(self.fusion(selected))  # type: ignore[misc]
-        present = self.pet_present(modality_mask, images.shape[0], images.device)
+        assert present is not None
         pet = images[:, 1:]
         # A missing PET is masked out below; its tensor content is never read.
         pet = torch.where(present.view(-1, 1, 1, 1, 1), pet, torch.zeros_like(pet))
@@ -212,6 +262,29 @@ class MultimodalAlzheimersNet(nn.Module):
         )
         return self.image_norm(fused)
 
+    def branch_logits(
+        self,
+        images: torch.Tensor | None = None,
+        modality_mask: torch.Tensor | None = None,
+        clinical_features: torch.Tensor | None = None,
+        clinical_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Fused logits ``(B,)`` and each auxiliary head's (``{}`` without deep supervision)."""
+        parts: dict[str, torch.Tensor] = {}
+        if self.uses_images:
+            parts["image"] = self.encode_images(images, modality_mask)  # type: ignore[arg-type]
+        if self.uses_clinical:
+            if clinical_features is None:
+                raise ValueError(
+                    f"`clinical_features` must be given for mode {self.mode!r}, got None"
+                )
+            parts["clinical"] = self.clinical_encoder(  # type: ignore[misc]
+                clinical_features, clinical_mask)
+        fused = self.head(torch.cat(list(parts.values()), dim=1)).squeeze(1)
+        aux = {name: head(parts[name]).squeeze(1)
+               for name, head in (self.aux_heads or {}).items()}
+        return fused, aux
+
     def logits(
         self,
         images: torch.Tensor | None = None,
@@ -220,16 +293,7 @@ class MultimodalAlzheimersNet(nn.Module):
         clinical_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Pre-sigmoid scores ``(B,)`` (what the BCE loss uses)."""
-        parts = []
-        if self.uses_images:
-            parts.append(self.encode_images(images, modality_mask))  # type: ignore[arg-type]
-        if self.uses_clinical:
-            if clinical_features is None:
-                raise ValueError(
-                    f"`clinical_features` must be given for mode {self.mode!r}, got None"
-                )
-            parts.append(self.clinical_encoder(clinical_features, clinical_mask))  # type: ignore[misc]
-        return self.head(torch.cat(parts, dim=1)).squeeze(1)
+        return self.branch_logits(images, modality_mask, clinical_features, clinical_mask)[0]
 
     def forward(
         self,
@@ -294,14 +358,29 @@ class MultimodalAlzheimersNet(nn.Module):
 
 
 def network_kwargs(model_cfg: Any, spec: InputSpec) -> dict[str, Any]:
-    """Arguments of :class:`MultimodalAlzheimersNet`: the ``model`` config plus the spec's sizes."""
+    """Arguments of :class:`MultimodalAlzheimersNet`: the ``model`` config plus the spec.
+
+    The spec gives the sizes (channels, grid shape, feature count) and, for the
+    ``regions`` pathway, the grid the atlas (``region_atlas``) is conformed to.
+    """
     from omegaconf import DictConfig, OmegaConf
 
     values = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(
         model_cfg, DictConfig) else dict(model_cfg)
     assert isinstance(values, dict)
-    return {**{str(k): v for k, v in values.items()}, "in_channels": spec.channels,
-            "img_size": spec.img_size, "clinical_features_dim": spec.n_features or 0}
+    kwargs = {str(k): v for k, v in values.items()}
+    atlas = kwargs.pop("region_atlas", _D.region_atlas)
+    masks = None
+    if "regions" in str(kwargs.get("image_pathway", _D.image_pathway)) and (
+            kwargs.get("mode", _D.mode) != "clinical_only"):
+        from pathlib import Path
+
+        from gazimed_lab.data.atlas import ATLASES, atlas_on_grid
+
+        names = None if atlas in ATLASES else Path(str(atlas)).with_suffix("").with_suffix(".txt")
+        masks = atlas_on_grid(spec.grid, atlas, names).masks()
+    return {**kwargs, "in_channels": spec.channels, "img_size": spec.img_size,
+            "clinical_features_dim": spec.n_features or 0, "region_masks": masks}
 
 
 def build_network(model_cfg: Any, spec: InputSpec) -> MultimodalAlzheimersNet:

@@ -1,0 +1,111 @@
+"""An image pathway over anatomical regions: mean intensity per atlas region, standardized.
+
+Alzheimer's effects are regional (medial temporal atrophy, posterior cingulate and
+temporoparietal hypometabolism), and on MNI-space data a linear model on a handful
+of regional means is a strong baseline. :class:`RegionEncoder` gives the network
+that view directly: each channel's mean in each atlas region (a fixed, normalized
+mask matrix, rebuilt from the grid and not saved in checkpoints), standardized
+across subjects (:class:`~gazimed_lab.models.standardize.SubjectStandardize`), then
+an MLP. A subject without PET has its PET region features replaced by the mean
+(0 after standardization) and a presence flag; its PET tensor is never read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from gazimed_lab.models.clinical import mlp
+from gazimed_lab.models.standardize import SubjectStandardize
+
+__all__ = ["RegionEncoder", "RegionPooling"]
+
+
+class RegionPooling(nn.Module):
+    """Mean of each channel in each region: ``(B, C, D, H, W)`` -> ``(B, C, R)``.
+
+    Parameters
+    ----------
+    masks
+        Boolean ``(R, D, H, W)`` region masks on the input grid; each must hold a voxel.
+    """
+
+    def __init__(self, masks: np.ndarray | torch.Tensor) -> None:
+        super().__init__()
+        masks_t = torch.as_tensor(np.asarray(masks), dtype=torch.float32)
+        if masks_t.ndim != 4 or masks_t.shape[0] < 1:
+            raise ValueError(f"`masks` must be (R, D, H, W) with R >= 1, got {tuple(masks_t.shape)}")
+        counts = masks_t.flatten(1).sum(dim=1)
+        if (counts == 0).any():
+            raise ValueError(
+                f"`masks` must each hold a voxel, got {int((counts == 0).sum())} empty region(s)"
+            )
+        self.grid = tuple(int(s) for s in masks_t.shape[1:])
+        # Derived from the grid, not learned: kept out of checkpoints.
+        self.register_buffer("weights", masks_t.flatten(1) / counts[:, None], persistent=False)
+
+    @property
+    def n_regions(self) -> int:
+        """Number of regions ``R``."""
+        return int(self.weights.shape[0])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Regional means of ``images`` ``(B, C, *grid)`` -> ``(B, C, R)``."""
+        if images.ndim != 5 or tuple(images.shape[2:]) != self.grid:
+            raise ValueError(
+                f"`images` must have shape (B, C, {', '.join(map(str, self.grid))}), got "
+                f"{tuple(images.shape)}"
+            )
+        return images.flatten(2).float() @ self.weights.t()
+
+
+class RegionEncoder(nn.Module):
+    """Regional means of MRI (and PET) -> standardized -> MLP -> ``(B, out_dim)``.
+
+    Parameters
+    ----------
+    masks
+        ``(R, D, H, W)`` region masks on the input grid.
+    mri_channels, pet_channels
+        How many leading channels are MRI (0 or 1) and how many following are PET
+        (0, 1 or 2: PET and PET - MRI).
+    out_dim, dropout
+        Output width; dropout in the MLP.
+    """
+
+    def __init__(self, masks: np.ndarray | torch.Tensor, mri_channels: int, pet_channels: int,
+                 out_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if mri_channels not in (0, 1) or pet_channels not in (0, 1, 2) or not (
+                mri_channels + pet_channels):
+            raise ValueError(
+                f"`mri_channels` must be 0 or 1 and `pet_channels` 0, 1 or 2 (not both 0), got "
+                f"{mri_channels} and {pet_channels}"
+            )
+        self.pool = RegionPooling(masks)
+        r = self.pool.n_regions
+        self.mri_channels, self.pet_channels = int(mri_channels), int(pet_channels)
+        self.mri_norm = SubjectStandardize(r * self.mri_channels) if self.mri_channels else None
+        self.pet_norm = SubjectStandardize(r * self.pet_channels) if self.pet_channels else None
+        width = r * (self.mri_channels + self.pet_channels) + (1 if self.pet_channels else 0)
+        self.mlp = mlp(width, [int(out_dim)], int(out_dim), float(dropout))
+
+    def forward(self, images: torch.Tensor, pet_present: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``(B, mri_channels + pet_channels, *grid)`` and PET presence ``(B,)`` -> ``(B, out)``."""
+        means = self.pool(images)  # (B, C, R)
+        parts = []
+        if self.mri_norm is not None:
+            parts.append(self.mri_norm(means[:, 0].contiguous()))
+        if self.pet_norm is not None:
+            pet = means[:, self.mri_channels:].flatten(1)
+            present = (torch.ones(len(pet), dtype=torch.bool, device=pet.device)
+                       if pet_present is None else pet_present.to(torch.bool))
+            keep = present.view(-1, 1)
+            if keep.any():  # absent rows take the mean of present ones: no effect on the stats
+                fill = pet[present].mean(dim=0, keepdim=True).detach()
+                pet = torch.where(keep, pet, fill)
+            parts.append(torch.where(keep, self.pet_norm(pet), torch.zeros_like(pet)))
+            parts.append(present.to(pet.dtype).view(-1, 1))
+        return self.mlp(torch.cat(parts, dim=1))
