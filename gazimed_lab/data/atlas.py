@@ -97,7 +97,7 @@ def _atlas_cached(source: str, names_file: str, grid: Grid, name: str) -> Atlas:
 
 def atlas_on_grid(grid: Grid | str, atlas: str | Path = "aal",
                   names: str | Path | None = None) -> Atlas:
-    """An atlas conformed to ``grid`` (nearest neighbour); regions absent from it are dropped.
+    """Conform an atlas to ``grid`` (nearest neighbour); regions absent from it are dropped.
 
     Parameters
     ----------

@@ -35,7 +35,8 @@ class RegionPooling(nn.Module):
         super().__init__()
         masks_t = torch.as_tensor(np.asarray(masks), dtype=torch.float32)
         if masks_t.ndim != 4 or masks_t.shape[0] < 1:
-            raise ValueError(f"`masks` must be (R, D, H, W) with R >= 1, got {tuple(masks_t.shape)}")
+            raise ValueError(
+                f"`masks` must be (R, D, H, W) with R >= 1, got {tuple(masks_t.shape)}")
         counts = masks_t.flatten(1).sum(dim=1)
         if (counts == 0).any():
             raise ValueError(
