@@ -1,7 +1,7 @@
 """Per-modality ablations on one cohort and one split: which input carries the signal.
 
 ``run_ablations`` trains the same preset once per input set (clinical only, MRI
-only, MRI + PET, all) with the same seed, hence the same subject-level split, and
+only, PET only, MRI + PET, all) with the same seed, hence the same subject-level split, and
 compares the held-out test metrics of each run's best checkpoint.
 """
 
@@ -22,6 +22,7 @@ __all__ = ["ABLATIONS", "run_ablations"]
 ABLATIONS: dict[str, list[str]] = {
     "clinical-only": ["model.mode=clinical_only"],
     "MRI-only": ["model.mode=image_only", "data.channels=1"],
+    "PET-only": ["model.mode=image_only", "data.channels=2", "model.use_mri=false"],
     "MRI+PET": ["model.mode=image_only", "data.channels=2"],
     "all (MRI+PET+clinical)": ["model.mode=multimodal", "data.channels=2"],
 }

@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true", help="write the tables only")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("ablate", help="clinical-only / MRI-only / MRI+PET / all on one split")
+    p = sub.add_parser("ablate", help="clinical-only / MRI-only / PET-only / MRI+PET / all on one split")
     p.add_argument("--manifest", type=Path, default=None,
                    help="cohort (default: the generated demo cohort)")
     p.add_argument("--n-subjects", type=int, default=300, help="demo cohort size")
