@@ -43,6 +43,7 @@ class RegionPooling(nn.Module):
                 f"`masks` must each hold a voxel, got {int((counts == 0).sum())} empty region(s)"
             )
         self.grid = tuple(int(s) for s in masks_t.shape[1:])
+        self.weights: torch.Tensor
         # Derived from the grid, not learned: kept out of checkpoints.
         self.register_buffer("weights", masks_t.flatten(1) / counts[:, None], persistent=False)
 
