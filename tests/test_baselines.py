@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_nifti
+from conftest import make_tiny_cohort, write_nifti
 
 from gazimed_lab.data.baselines import (
     BASELINE_REGIONS,
@@ -89,3 +89,27 @@ def test_image_off_the_first_grid_names_file_and_row(tiny_cohort: Path) -> None:
                        r"\(40, 48, 40\) 4x4x4 mm .*sub-006_pet\.nii\.gz; row 7, subject "
                        r"`sub-006`\); fix: conform"):
         baseline_aucs(tiny_cohort)
+
+
+def test_linear_baselines_fit_on_one_cohort_and_score_another(tmp_path):
+    from gazimed_lab.data.baselines import linear_baseline_predictions
+
+    train = make_tiny_cohort(tmp_path / "train", n=18, seed=1)
+    other = make_tiny_cohort(tmp_path / "other", n=12, seed=2)
+    out = linear_baseline_predictions(train, other)
+    assert set(out) == {"linear clinical", "linear regions", "linear clinical+regions"}
+    for table in out.values():
+        assert list(table["subject_id"]) == list(pd.read_csv(other)["subject_id"])
+        assert table["score"].between(0, 1).all()
+    # the tiny cohorts carry the target in feat_0..4 and the grey matter: both rank well
+    y = out["linear clinical"]["target"] > 0.5
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, out["linear clinical+regions"]["score"]) > 0.8
+    few = linear_baseline_predictions(train, other, train_subjects=["sub-000", "sub-001",
+                                                                     "sub-002", "sub-003"])
+    assert not np.allclose(few["linear clinical"]["score"], out["linear clinical"]["score"])
+    table = pd.read_csv(other).drop(columns=["feat_3"])
+    table.to_csv(other, index=False)
+    with pytest.raises(ValueError, match=r"`clinical columns` must be the training cohort's"):
+        linear_baseline_predictions(train, other)

@@ -28,7 +28,9 @@ __all__ = [
     "baseline_aucs",
     "baselines_from_tables",
     "clinical_columns",
+    "cohort_features",
     "cv_aucs",
+    "linear_baseline_predictions",
     "regional_features",
 ]
 
@@ -182,6 +184,15 @@ def baseline_aucs(manifest: str | Path, seed: int = 0) -> dict[str, Any]:
     ValueError
         If a class has fewer than 2 subjects.
     """
+    table, columns, image = cohort_features(manifest)
+    return baselines_from_tables(table, image, seed, columns=columns)
+
+
+def cohort_features(manifest: str | Path) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
+    """Return a manifest's table, clinical columns and :func:`regional_features` rows.
+
+    Raises as :func:`baseline_aucs` does.
+    """
     cohort = read_manifest(manifest, check_images=False)
     table = cohort.table
     grid: Grid | None = None
@@ -202,8 +213,65 @@ def baseline_aucs(manifest: str | Path, seed: int = 0) -> dict[str, Any]:
                                          "conform every volume to one MNI grid"))
         assert grid is not None and volumes["mri"] is not None  # every row has an MRI
         rows.append(regional_features(volumes["mri"], volumes["pet"], grid))
-    return baselines_from_tables(table, pd.DataFrame(rows), seed,
-                                 columns=cohort.clinical_columns)
+    return table, list(cohort.clinical_columns), pd.DataFrame(rows)
+
+
+def linear_baseline_predictions(
+    train_manifest: str | Path, eval_manifest: str | Path,
+    train_subjects: Sequence[str] | None = None, c: float = 0.1,
+) -> dict[str, pd.DataFrame]:
+    """Fit the logistic-regression baselines on one cohort, score another.
+
+    The same model as :func:`cv_aucs` (median imputation and scaling fitted on the
+    training rows, L2 logistic regression for ``target > 0.5``) on the clinical
+    columns, the regional image means, and both.
+
+    Parameters
+    ----------
+    train_manifest
+        The cohort to fit on (e.g. the development cohort).
+    eval_manifest
+        The cohort to score (e.g. an external cohort); same clinical columns.
+    train_subjects
+        Fit on these subjects only (e.g. the deep models' train + val splits).
+    c
+        Inverse L2 regularization strength.
+
+    Returns
+    -------
+    dict
+        ``{"linear clinical" | "linear regions" | "linear clinical+regions": predictions}``,
+        each with ``subject_id``, ``score`` (P(target > 0.5)) and ``target``.
+    """
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train, columns, train_img = cohort_features(train_manifest)
+    test, test_columns, test_img = cohort_features(eval_manifest)
+    missing = [c_ for c_ in columns if c_ not in test_columns]
+    if missing:
+        raise ValueError(problem("clinical columns", "the training cohort's columns",
+                                 f"{len(missing)} missing: {missing[:5]}", str(eval_manifest)))
+    keep = np.ones(len(train), bool) if train_subjects is None else (
+        train["subject_id"].isin(list(train_subjects)).to_numpy())
+    sets = {"linear clinical": (train[columns], test[columns]),
+            "linear regions": (train_img, test_img),
+            "linear clinical+regions": (pd.concat([train[columns], train_img], axis=1),
+                                        pd.concat([test[columns], test_img], axis=1))}
+    y = train["target"].to_numpy(np.float64)[keep] > 0.5
+    out = {}
+    for name, (x_train, x_test) in sets.items():
+        model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(),
+                              LogisticRegression(C=c, tol=1e-10, max_iter=10000))
+        model.fit(x_train.to_numpy(np.float64)[keep], y)
+        out[name] = pd.DataFrame({
+            "subject_id": test["subject_id"].to_numpy(),
+            "score": model.predict_proba(x_test.to_numpy(np.float64))[:, 1],
+            "target": test["target"].to_numpy(np.float64),
+        })
+    return out
 
 
 def baselines_from_tables(table: pd.DataFrame, image: pd.DataFrame, seed: int = 0,
