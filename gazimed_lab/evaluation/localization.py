@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from gazimed_lab.data.atlas import Atlas
 from gazimed_lab.data.grid import Grid, get_grid, template_on_grid
-from gazimed_lab.data.images import problem
+from gazimed_lab.data.images import problem, read_nifti
 
 __all__ = ["effect_masks", "localization_auroc", "localization_table", "region_ranking"]
 
@@ -65,11 +64,11 @@ def effect_masks(manifest: str | Path, grid: Grid | str) -> dict[str, np.ndarray
         if not path.is_file():
             raise FileNotFoundError(problem("effect mask", "a file written by the generator",
                                             "a missing path", str(path)))
-        img = nib.load(str(path))
-        if not grid.matches(img.shape, img.affine):
+        img, data = read_nifti(path, "effect mask")
+        if not grid.matches(data.shape, img.affine):
             raise ValueError(problem("effect mask", f"on the grid {grid.name} {grid.shape}",
-                                     f"shape {img.shape}", str(path)))
-        out[kind] = np.asarray(img.dataobj) > 0
+                                     f"shape {data.shape}", str(path)))
+        out[kind] = data > 0
     out["any"] = out["mri"] | out["pet"]
     return out
 
