@@ -97,18 +97,18 @@ def test_linear_baselines_fit_on_one_cohort_and_score_another(tmp_path):
     train = make_tiny_cohort(tmp_path / "train", n=18, seed=1)
     other = make_tiny_cohort(tmp_path / "other", n=12, seed=2)
     out = linear_baseline_predictions(train, other)
-    assert set(out) == {"linear clinical", "linear regions", "linear clinical+regions"}
+    assert set(out) == {"linear-clinical", "linear-regions", "linear-clinical+regions"}
     for table in out.values():
         assert list(table["subject_id"]) == list(pd.read_csv(other)["subject_id"])
         assert table["score"].between(0, 1).all()
     # the tiny cohorts carry the target in feat_0..4 and the grey matter: both rank well
-    y = out["linear clinical"]["target"] > 0.5
+    y = out["linear-clinical"]["target"] > 0.5
     from sklearn.metrics import roc_auc_score
 
-    assert roc_auc_score(y, out["linear clinical+regions"]["score"]) > 0.8
+    assert roc_auc_score(y, out["linear-clinical+regions"]["score"]) > 0.8
     few = linear_baseline_predictions(train, other, train_subjects=["sub-000", "sub-001",
                                                                      "sub-002", "sub-003"])
-    assert not np.allclose(few["linear clinical"]["score"], out["linear clinical"]["score"])
+    assert not np.allclose(few["linear-clinical"]["score"], out["linear-clinical"]["score"])
     table = pd.read_csv(other).drop(columns=["feat_3"])
     table.to_csv(other, index=False)
     with pytest.raises(ValueError, match=r"`clinical columns` must be the training cohort's"):

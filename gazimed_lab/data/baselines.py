@@ -240,7 +240,7 @@ def linear_baseline_predictions(
     Returns
     -------
     dict
-        ``{"linear clinical" | "linear regions" | "linear clinical+regions": predictions}``,
+        ``{"linear-clinical" | "linear-regions" | "linear-clinical+regions": predictions}``,
         each with ``subject_id``, ``score`` (P(target > 0.5)) and ``target``.
     """
     from sklearn.impute import SimpleImputer
@@ -256,9 +256,9 @@ def linear_baseline_predictions(
                                  f"{len(missing)} missing: {missing[:5]}", str(eval_manifest)))
     keep = np.ones(len(train), bool) if train_subjects is None else (
         train["subject_id"].isin(list(train_subjects)).to_numpy())
-    sets = {"linear clinical": (train[columns], test[columns]),
-            "linear regions": (train_img, test_img),
-            "linear clinical+regions": (pd.concat([train[columns], train_img], axis=1),
+    sets = {"linear-clinical": (train[columns], test[columns]),
+            "linear-regions": (train_img, test_img),
+            "linear-clinical+regions": (pd.concat([train[columns], train_img], axis=1),
                                         pd.concat([test[columns], test_img], axis=1))}
     y = train["target"].to_numpy(np.float64)[keep] > 0.5
     out = {}
