@@ -34,6 +34,60 @@ def ids(frame: pd.DataFrame) -> set[str]:
     return set(frame["subject_id"])
 
 
+def classes(frame: pd.DataFrame) -> pd.Series:
+    return frame["target"] > 0.5
+
+
+def tiny_targets(n: int) -> pd.DataFrame:
+    """The shared test cohort's table (tests/conftest.py): targets 0.1 / 0.5 / 0.9 cycling."""
+    table = cohort_table(n=n)
+    table["target"] = [round((i % 3) / 2 * 0.8 + 0.1, 3) for i in range(n)]
+    return table
+
+
+def test_every_split_of_the_tiny_cohort_holds_both_classes() -> None:
+    # 16 subjects, 5 positive: val and test hold 2 subjects each (default fractions 0.15);
+    # unstratified by class, seed 42 gave a val split of two negatives.
+    splits = make_splits(tiny_targets(16), seed=42)
+    for name, part in splits.items():
+        assert set(classes(part)) == {False, True}, (name, part["target"].tolist())
+    for seed in range(20):
+        for name, part in make_splits(tiny_targets(16), seed=seed).items():
+            assert set(classes(part)) == {False, True}, (seed, name)
+
+
+@pytest.mark.parametrize(("n_pos", "expected"), [
+    (3, {"train": 1, "val": 1, "test": 1}),  # the minimum for a class in every split
+    (2, {"train": 1, "val": 1, "test": 0}),  # too few: train, then val, keep one
+    (1, {"train": 1, "val": 0, "test": 0}),
+])
+def test_a_rare_class_is_shared_out_train_first_then_val_then_test(
+        n_pos: int, expected: dict[str, int]) -> None:
+    table = cohort_table(n=30)
+    table["target"] = [0.9 if i < n_pos else 0.2 for i in range(30)]
+    for seed in range(10):
+        splits = make_splits(table, seed=seed, val_fraction=0.15, test_fraction=0.15)
+        assert {k: int(classes(p).sum()) for k, p in splits.items()} == expected
+        assert [len(splits[k]) for k in ("val", "test")] == [4, 4]
+
+
+def test_held_out_splits_are_stratified_by_class() -> None:
+    table = cohort_table(n=100)
+    table["target"] = np.where(np.arange(100) % 10 < 3, 0.8, 0.3)  # 30 % positive
+    splits = make_splits(table, seed=5, val_fraction=0.2, test_fraction=0.2)
+    assert [int(classes(splits[k]).sum()) for k in ("train", "val", "test")] == [18, 6, 6]
+
+
+def test_splits_without_targets_still_work() -> None:
+    table = cohort_table(n=20).drop(columns="target")
+    splits = make_splits(table, seed=0)
+    assert sum(len(p) for p in splits.values()) == 20
+    partly = cohort_table(n=20)
+    partly.loc[:9, "target"] = np.nan  # unknown targets are shared out as a group of their own
+    splits = make_splits(partly, seed=0, val_fraction=0.2, test_fraction=0.2)
+    assert [int(splits[k]["target"].isna().sum()) for k in ("val", "test")] == [2, 2]
+
+
 def test_splits_are_disjoint_and_cover_every_subject() -> None:
     table = cohort_table()
     splits = make_splits(table, seed=1, val_fraction=0.2, test_fraction=0.2)
@@ -103,8 +157,13 @@ def test_kfold_folds_partition_the_non_test_subjects() -> None:
     for f in folds:
         check_disjoint(f)
         assert ids(f["train"]) | ids(f["val"]) == rest
-        counts = f["val"].groupby(["diagnosis", "site"]).size()
-        assert len(counts) == 6 and counts.max() - counts.min() <= 1  # stratified dx x site
+        assert set(classes(f["val"])) == {False, True}
+    # Stratified by class x diagnosis (class x diagnosis x site has groups smaller than
+    # 5 folds here): each such group splits evenly over the folds.
+    cells = pd.DataFrame([
+        f["val"].assign(cls=classes(f["val"])).groupby(["cls", "diagnosis"]).size()
+        for f in folds]).fillna(0)
+    assert (cells.max() - cells.min()).max() <= 1, cells
 
 
 def test_kfold_with_fixed_split_keeps_the_given_test_set() -> None:

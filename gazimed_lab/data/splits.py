@@ -1,12 +1,21 @@
 """Subject-level train / val / test splits, stratified by diagnosis (and site).
 
-Splits are made over ``subject_id`` (one manifest row per subject), with
-scikit-learn splitters: the test set is held out first, then the rest is split
-into train and val, either once (``val_fraction``) or by stratified k-fold
-(``n_folds > 1``, the val set being fold ``fold``). Stratification uses
-diagnosis x site where every group is large enough, falls back to diagnosis,
-then to no stratification. A fixed ``split`` column in the manifest
-(``train`` / ``val`` / ``test``) is honoured as given.
+Splits are made over ``subject_id`` (one manifest row per subject): the test
+set is held out first, then the rest is split into train and val, either once
+(``val_fraction``) or by stratified k-fold (``n_folds > 1``, the val set being
+fold ``fold``).
+
+Stratification is by class first (``target > 0.5``, the rule of the metrics):
+each class gets its proportional share of a held-out split, at least one subject
+when the split holds two or more and the class has subjects to spare (the later
+splits keep one of each class), so every split of a cohort with both classes
+holds both as soon as each class has three subjects. Inside a class, subjects are
+drawn stratified by diagnosis x site where every group is large enough, then by
+diagnosis, then at random. Without targets the same fallbacks apply to the whole
+table. K-fold stratifies by class x diagnosis x site, class x diagnosis, class,
+then nothing. Equal seeds give equal splits, whatever the row order. A fixed
+``split`` column in the manifest (``train`` / ``val`` / ``test``) is honoured as
+given.
 """
 
 from __future__ import annotations
@@ -49,15 +58,36 @@ def _labels(table: pd.DataFrame, column: str) -> pd.Series:
     return table[column].fillna("NA").astype(str).replace("", "NA")
 
 
-def _strata_candidates(table: pd.DataFrame) -> list[tuple[str, np.ndarray | None]]:
+def _strata_candidates(
+    table: pd.DataFrame, by_class: bool = False
+) -> list[tuple[str, np.ndarray | None]]:
     """Stratification labels to try, most specific first, ending with none."""
     dx = _labels(table, "diagnosis")
     site = _labels(table, "site")
-    return [
+    found = [
         ("diagnosis x site", (dx + " x " + site).to_numpy()),
         ("diagnosis", dx.to_numpy()),
-        ("none", None),
     ]
+    if by_class:
+        cls = _classes(table)
+        if cls.isin(_CLASSES).any():
+            found = [(f"class x {name}", (cls + " x " + labels).to_numpy())
+                     for name, labels in found] + [("class", cls.to_numpy())]
+    return [*found, ("none", None)]
+
+
+#: A subject is positive when its target is above this (the rule of the metrics).
+POSITIVE_ABOVE = 0.5
+_CLASSES = ("negative", "positive")
+
+
+def _classes(table: pd.DataFrame) -> pd.Series:
+    """``negative`` / ``positive`` (target > POSITIVE_ABOVE) / ``unknown`` per row."""
+    if "target" not in table.columns:
+        return pd.Series(["unknown"] * len(table), index=table.index)
+    target = pd.to_numeric(table["target"], errors="coerce")
+    out = np.where(target > POSITIVE_ABOVE, "positive", "negative")
+    return pd.Series(np.where(target.isna(), "unknown", out), index=table.index)
 
 
 def _count(fraction: float, n: int) -> int:
@@ -65,17 +95,36 @@ def _count(fraction: float, n: int) -> int:
     return 0 if fraction <= 0 else max(1, round(fraction * n))
 
 
-def _split_off(
+def _class_quotas(counts: dict[str, int], size: int, keep: int) -> dict[str, int]:
+    """Subjects of each class to hold out: proportional, both classes when possible.
+
+    ``keep`` is how many subjects of each class the rest must keep (one for train,
+    one more when a val split is still to be drawn from it). A class gets at least
+    one held-out subject when ``size >= 2`` and it has more than ``keep``.
+    """
+    n = sum(counts.values())
+    floor = {k: int(size >= 2 and k in _CLASSES and c > keep) for k, c in counts.items()}
+    for spare in (keep, 1, 0):  # relax what the rest keeps only when size demands it
+        ceiling = {k: c - (min(spare, c) if k in _CLASSES else 0) for k, c in counts.items()}
+        if sum(ceiling.values()) >= size:
+            break
+    quota = {k: min(floor[k], ceiling[k]) for k in counts}
+    while sum(quota.values()) < size:
+        open_ = [k for k in sorted(counts) if quota[k] < ceiling[k]]
+        # the class furthest below its proportional share; ties by name (deterministic)
+        best = max(open_, key=lambda k: (size * counts[k] / n - quota[k], k))
+        quota[best] += 1
+    return quota
+
+
+def _stratified_draw(
     table: pd.DataFrame, size: int, seed: int, what: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split ``size`` rows off ``table``, stratified as finely as the group sizes allow."""
+    """Draw ``size`` rows, stratified by diagnosis x site, diagnosis, or at random."""
     if size <= 0:
         return table, table.iloc[:0]
     if size >= len(table):
-        raise SplitError(
-            f"`{what}` split must leave subjects for training, got {size} of {len(table)} "
-            "subjects; lower data.val_fraction / data.test_fraction"
-        )
+        return table.iloc[:0], table
     for name, labels in _strata_candidates(table):
         try:
             rest, held = train_test_split(
@@ -88,6 +137,32 @@ def _split_off(
     raise AssertionError("unreachable: unstratified split cannot fail")  # pragma: no cover
 
 
+def _split_off(
+    table: pd.DataFrame, size: int, seed: int, what: str, keep: int = 1
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``size`` rows off ``table``: by class (see :func:`_class_quotas`), then strata."""
+    if size <= 0:
+        return table, table.iloc[:0]
+    if size >= len(table):
+        raise SplitError(
+            f"`{what}` split must leave subjects for training, got {size} of {len(table)} "
+            "subjects; lower data.val_fraction / data.test_fraction"
+        )
+    classes = _classes(table)
+    counts = {str(k): int(v) for k, v in classes.value_counts().items()}
+    if set(counts) <= {"unknown"}:
+        return _stratified_draw(table, size, seed, what)
+    quotas = _class_quotas(counts, size, keep)
+    rests, helds = [], []
+    for name in sorted(counts):
+        rest, held = _stratified_draw(table[classes == name], quotas[name], seed,
+                                      f"{what} ({name})")
+        rests.append(rest)
+        helds.append(held)
+    log.debug("%s split by class: %s", what, quotas)
+    return pd.concat(rests), pd.concat(helds)
+
+
 def _kfold_split(
     table: pd.DataFrame, n_folds: int, fold: int, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -97,7 +172,7 @@ def _kfold_split(
             f"`data.n_folds` must be at most the number of non-test subjects, got {n_folds} "
             f"for {len(table)} subjects"
         )
-    for name, labels in _strata_candidates(table):
+    for name, labels in _strata_candidates(table, by_class=True):
         if labels is None:
             splitter = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
             folds = list(splitter.split(table))
@@ -193,7 +268,9 @@ def make_splits(
         else:
             train, val = fixed["train"], fixed["val"]
     else:
-        rest, test = _split_off(ordered, _count(test_fraction, n), seed, "test")
+        # The rest keeps two of each class when a val split is still to be drawn from it.
+        keep = 2 if n_folds > 1 or val_fraction > 0 else 1
+        rest, test = _split_off(ordered, _count(test_fraction, n), seed, "test", keep)
         if n_folds > 1:
             train, val = _kfold_split(rest, n_folds, fold, seed)
         else:
@@ -230,10 +307,6 @@ def check_disjoint(splits: dict[str, pd.DataFrame]) -> None:
 #: Above this absolute Pearson correlation with the target (training split) a clinical
 #: column is taken for a copy of the label.
 MAX_TARGET_CORRELATION = 0.99
-#: A subject is positive when its target is above this (the rule of the metrics).
-POSITIVE_ABOVE = 0.5
-
-
 def _class_problem(name: str, part: pd.DataFrame, manifest: str, why: str) -> str | None:
     target = pd.to_numeric(part["target"], errors="coerce").dropna()
     if len(target) == 0:
