@@ -97,6 +97,10 @@ class DataConfig:
     pin_memory: bool = False
     cache_dir: str = ".cache/gazimed-lab"
     cache_dtype: str = "float16"
+    #: Train and predict on images QA flags as probably not in MNI space (brain coverage
+    #: below the minimum) instead of refusing them; they are listed in
+    #: ``run_dir/qa/accepted_flagged.csv``.
+    accept_flagged_images: bool = False
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     n_folds: int = 0

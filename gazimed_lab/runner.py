@@ -22,7 +22,6 @@ from gazimed_lab.checkpoints import check_resumable, load_checkpoint
 from gazimed_lab.config import load_config
 from gazimed_lab.data.datamodule import MNIDataModule
 from gazimed_lab.data.predict import PredictDataModule
-from gazimed_lab.data.splits import check_training_splits
 from gazimed_lab.evaluation import binary_metrics, write_metrics_json, youden_threshold
 from gazimed_lab.models.lightning import AlzheimersLightningModule, flatten_predictions
 from gazimed_lab.paths import atomic_write, check_not_input
@@ -158,9 +157,10 @@ def train_and_evaluate(
     pl.seed_everything(int(cfg.system.seed), workers=True, verbose=False)
 
     dm = MNIDataModule(cfg, run_dir=run_dir)
-    # Refuse before training: one target class in the train split, a label copy among
-    # the clinical columns (the one-class val check, monitor=..., is not wired yet).
-    check_training_splits(dm.splits, dm.feature_names, manifest=str(cfg.data.manifest))
+    # Refuse before training (and before a trainer makes folders): one target class in
+    # the train split, or in the val split under an AUROC monitor, a label copy among
+    # the clinical columns. trainer.fit checks again through the data module (once).
+    dm.check_for_training()
     ckpt_path = _resume_path(resume, run_dir)
     if ckpt_path is not None:
         check_resumable(cfg, ckpt_path, dm.spec)

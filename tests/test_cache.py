@@ -74,12 +74,34 @@ def test_cache_round_trip_and_corrupt_entries(tmp_path: Path) -> None:
         cache.get_or_build("k", (3, 4, 5, 6), build)
 
 
+def test_entry_written_before_qa_records_is_rebuilt_once(tmp_path: Path) -> None:
+    import json
+
+    cache = VolumeCache(tmp_path, "float32")
+    arr = np.ones((1, 2, 2, 2), dtype=np.float32)
+    calls = []
+
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        calls.append(1)
+        return arr, np.array([1.0, 0.0])
+
+    cache.get_or_build("k", arr.shape, build, info={"qa": {"flagged": ["`mri ...`"]}})
+    assert cache.read_info("k")["qa"] == {"flagged": ["`mri ...`"]}
+    meta = json.loads(cache.meta_path("k").read_text())
+    del meta["qa"]  # as written before grid actions and flags were recorded
+    cache.meta_path("k").write_text(json.dumps(meta))
+    cache.get_or_build("k", arr.shape, build)
+    cache.get_or_build("k", arr.shape, build)
+    assert len(calls) == 2 and cache.read_info("k")["qa"] == {}
+
+
 def test_float32_cache(tmp_path: Path) -> None:
     cache = VolumeCache(tmp_path, "float32")
     arr = np.ones((1, 2, 2, 2), dtype=np.float32)
     out, _ = cache.get_or_build("k", arr.shape, lambda: (arr, np.array([1.0, 1.0])))
     assert out.dtype == np.float32
-    with pytest.raises(ValueError, match=r"`data.cache_dtype` must be one of \('float16', 'float32'\)"):
+    with pytest.raises(ValueError,
+                       match=r"`data.cache_dtype` must be one of \('float16', 'float32'\)"):
         VolumeCache(tmp_path, "int8")
 
 

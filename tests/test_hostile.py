@@ -147,6 +147,47 @@ def test_validation_split_of_one_class_is_refused_when_selecting_on_auroc() -> N
     check_training_splits(_splits({"train": [0.1, 0.9], "val": [], "test": []}), [])
 
 
+def test_train_and_evaluate_refuses_a_one_class_cohort_before_any_checkpoint(
+        tiny_cohort: Path, tmp_path: Path) -> None:
+    from conftest import cohort_config
+
+    from gazimed_lab.runner import train_and_evaluate
+
+    _edit(tiny_cohort, lambda f: f.assign(target=["0.2"] * len(f)))
+    cfg = cohort_config(tiny_cohort, tmp_path, "trainer.max_epochs=1")
+    with pytest.raises(SplitError, match=r"`train split targets` must hold both classes.*"
+                                         r"got \d+ <= 0\.5 and 0 > 0\.5"):
+        train_and_evaluate(cfg)
+    run = tmp_path / "run"
+    assert not (run / "checkpoints").exists() and not (run / "metrics.json").exists()
+    assert not (tmp_path / "cache").exists()  # refused before the volumes were cached
+
+
+def test_plain_trainer_fit_refuses_a_one_class_val_split_under_auroc(
+        tiny_cohort: Path, tmp_path: Path) -> None:
+    from conftest import cohort_config
+
+    from gazimed_lab import AlzheimersLightningModule, MNIDataModule, create_trainer
+
+    # A fixed split column whose val split holds two negatives (targets 0.1 and 0.5).
+    split = ["train"] * 16
+    split[0], split[1], split[14], split[15] = "val", "val", "test", "test"
+    _edit(tiny_cohort, lambda f: f.assign(split=split))
+    cfg = cohort_config(tiny_cohort, tmp_path, "trainer.max_epochs=1",
+                        "trainer.enable_progress_bar=false")
+    dm = MNIDataModule(cfg)
+    assert len(dm.splits["val"]) == 2  # reading the splits (QA, notebooks) is not refused
+    trainer = create_trainer(cfg)
+    with pytest.raises(SplitError, match=r"`val split targets` must hold both classes.*"
+                                         r"got 2 <= 0\.5 and 0 > 0\.5.*val/auroc"):
+        trainer.fit(AlzheimersLightningModule(cfg), datamodule=dm)
+    assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
+    # Selecting on the loss instead, the same splits train.
+    loss = cohort_config(tiny_cohort, tmp_path, "trainer.monitor=val/loss",
+                         "trainer.monitor_mode=min")
+    MNIDataModule(loss).check_for_training()
+
+
 # ---------------------------------------------------------------- 5: off-MNI images
 def _mri() -> np.ndarray:
     rng = np.random.default_rng(0)
@@ -187,6 +228,68 @@ def test_flagged_images_can_be_accepted_explicitly(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="accepted because data.accept_flagged_images"):
         data, _ = conform_to_grid(path, GRID, what="mri", accept_flagged=True)
     assert data.shape == GRID.shape
+
+
+def _move_mri(manifest: Path, sid: str, affine_of: Callable[[np.ndarray, tuple[int, ...]],
+                                                           np.ndarray],
+              flip: bool = False) -> Path:
+    """Rewrite ``sid``'s MRI with another affine (data flipped along x when ``flip``)."""
+    path = manifest.parent / "mri" / f"{sid}_T1w.nii.gz"
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    write_nifti(path, data[::-1] if flip else data, affine_of(img.affine, data.shape))
+    return path
+
+
+def _shifted(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    out = affine.copy()
+    out[1, 3] += 50.0
+    return out
+
+
+def test_flagged_image_stops_training_unless_accepted_and_recorded(
+        tiny_cohort: Path, tmp_path: Path) -> None:
+    from conftest import cohort_config
+
+    from gazimed_lab import MNIDataModule
+
+    path = _move_mri(tiny_cohort, "sub-003", _shifted)  # sub-003 has no PET
+    with pytest.raises(ManifestError, match=r"subject `sub-003`: `mri brain coverage` must be "
+                                            r">= 0\.8.*accept_flagged_images=true"):
+        MNIDataModule(cohort_config(tiny_cohort, tmp_path)).setup()
+    assert not (tmp_path / "run" / "qa" / "accepted_flagged.csv").exists()
+
+    accepted = cohort_config(tiny_cohort, tmp_path, "data.accept_flagged_images=true")
+    MNIDataModule(accepted).setup()
+    table = pd.read_csv(tmp_path / "run" / "qa" / "accepted_flagged.csv")
+    assert list(table[["subject_id", "modality", "file"]].itertuples(index=False, name=None)) \
+        == [("sub-003", "mri", str(path))]
+    assert table["flag"].str.contains("`mri brain coverage` must be >= 0.8").all()
+    assert table["split"].isin(["train", "val", "test"]).all()
+
+    # The volume is cached now; the switch is checked on every read, not only on a build.
+    with pytest.raises(ManifestError, match=r"subject `sub-003`: `mri brain coverage`"):
+        MNIDataModule(cohort_config(tiny_cohort, tmp_path, "system.run_dir=" +
+                                    str(tmp_path / "again"))).setup()
+
+
+def test_resampling_done_for_training_is_recorded_in_the_run_folder(
+        tiny_cohort: Path, tmp_path: Path) -> None:
+    from conftest import cohort_config
+
+    from gazimed_lab import MNIDataModule
+
+    def flipped(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        flip = np.eye(4)
+        flip[0, 0], flip[0, 3] = -1.0, shape[0] - 1  # same world positions, x axis reversed
+        return affine @ flip
+
+    path = _move_mri(tiny_cohort, "sub-003", flipped, flip=True)
+    MNIDataModule(cohort_config(tiny_cohort, tmp_path)).setup()
+    table = pd.read_csv(tmp_path / "run" / "qa" / "resampled.csv")
+    assert list(table["subject_id"]) == ["sub-003"] and list(table["file"]) == [str(path)]
+    assert table.loc[0, "grid_action"].startswith("resampled from (40, 48, 40) 4x4x4 mm RAS")
+    assert not (tmp_path / "run" / "qa" / "accepted_flagged.csv").exists()
 
 
 # ---------------------------------------------------------------- 6: output = input

@@ -6,6 +6,14 @@ normalization settings, the storage dtype and :data:`CACHE_VERSION`, so that
 any change gives a new key. Arrays are stored compactly (float16 by default)
 and read back memory-mapped. Writes are atomic (temporary file +
 :func:`os.replace`); an unreadable or wrongly shaped entry is rebuilt.
+
+Each entry's JSON sidecar also records how its volumes were conformed
+(``qa.grid_actions``: on the grid, or resampled from which grid) and the flags of
+images accepted although probably not in MNI space (``qa.flagged``). The switch
+``data.accept_flagged_images`` is not part of the key: the array is the same
+either way, and :func:`cache_subjects` refuses a flagged entry on every read
+unless the switch is on. Entries written before these records existed are
+rebuilt once.
 """
 
 from __future__ import annotations
@@ -158,6 +166,10 @@ class VolumeCache:
         except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
             log.warning("rebuilding unreadable cache entry %s: %s", array_path, exc)
             return None
+        if not isinstance(meta.get("qa"), dict):
+            log.info("rebuilding cache entry %s: written before grid actions and image "
+                     "flags were recorded", array_path)
+            return None
         if tuple(arr.shape) != tuple(shape) or arr.dtype != self.dtype or mask.shape != (2,):
             log.warning(
                 "rebuilding cache entry %s: shape %s dtype %s, expected %s %s",
@@ -165,6 +177,14 @@ class VolumeCache:
             )
             return None
         return arr, mask
+
+    def read_info(self, key: str) -> dict[str, Any]:
+        """Read the JSON sidecar of ``key`` (subject, files, ``qa`` records); {} if unreadable."""
+        try:
+            meta = json.loads(self.meta_path(key).read_text())
+        except (OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
 
     def save(self, key: str, arr: np.ndarray, mask: np.ndarray, info: dict[str, Any]) -> None:
         """Store ``arr`` (cast to the cache dtype) and ``mask`` atomically."""
@@ -176,7 +196,7 @@ class VolumeCache:
         data = np.ascontiguousarray(data, dtype=self.dtype)
         _atomic_write(self.array_path(key), lambda fh: np.save(fh, data, allow_pickle=False))
         meta = {"modality_mask": [float(v) for v in mask], "shape": list(data.shape),
-                "dtype": str(self.dtype), "version": CACHE_VERSION, **info}
+                "dtype": str(self.dtype), "version": CACHE_VERSION, "qa": {}, **info}
         text = json.dumps(meta, indent=1, default=str).encode()
         _atomic_write(self.meta_path(key), lambda fh: fh.write(text))
 
@@ -213,6 +233,8 @@ def cache_subjects(
     channels: int,
     pet_reference: str,
     manifest: str | Path = "manifest",
+    accept_flagged: bool = False,
+    records: list[dict[str, str]] | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Make sure every subject of ``table`` is cached; return array paths and modality masks.
 
@@ -226,6 +248,12 @@ def cache_subjects(
         Preprocessing settings (see :func:`~gazimed_lab.data.transforms.preprocess_subject`).
     manifest
         Manifest path, for messages.
+    accept_flagged
+        Use images flagged as probably not in MNI space (``data.accept_flagged_images``);
+        otherwise they are refused, also when an earlier run cached them.
+    records
+        When given, one dict per volume used is appended: ``subject_id``,
+        ``modality``, ``file``, ``grid_action`` and ``flag`` ("" when not flagged).
 
     Returns
     -------
@@ -250,17 +278,30 @@ def cache_subjects(
             "mri_normalization": MRI_NORMALIZATION,
             "dtype": str(cache.dtype),
         }
+        notes: dict[str, Any] = {}
         try:
             key = volume_key(mri, pet, grid.key(), channels, settings)
             _, mask = cache.get_or_build(
                 key,
                 shape,
-                functools.partial(preprocess_subject, mri, pet, grid, channels, pet_reference),
-                info={"subject_id": sid, "mri": mri, "pet": pet or ""},
+                functools.partial(preprocess_subject, mri, pet, grid, channels, pet_reference,
+                                  sid, accept_flagged, notes),
+                info={"subject_id": sid, "mri": mri, "pet": pet or "", "qa": notes},
             )
+            qa = notes if notes else cache.read_info(key).get("qa", {})
+            flagged = [str(f) for f in qa.get("flagged", [])]
+            if flagged and not accept_flagged:  # cached by a run that accepted them
+                raise ImageError("; ".join(flagged))
         except (ImageError, OSError) as exc:
             problems.append(f"subject `{sid}`: {exc}")
             continue
+        if records is not None:
+            actions = qa.get("grid_actions", {})
+            for modality, file in (("mri", mri), ("pet", pet)):
+                if file and modality in actions:
+                    flag = next((f for f in flagged if f.startswith(f"`{modality} ")), "")
+                    records.append({"subject_id": sid, "modality": modality, "file": file,
+                                    "grid_action": str(actions[modality]), "flag": flag})
         paths.append(str(cache.array_path(key)))
         masks.append(np.asarray(mask, dtype=np.float32))
         if (i + 1) % 50 == 0:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
@@ -42,7 +43,12 @@ from gazimed_lab.data.grid import Grid, grid_from_config
 from gazimed_lab.data.manifest import RESERVED_COLUMNS, Cohort, read_manifest
 from gazimed_lab.data.sampling import SubjectSampler
 from gazimed_lab.data.spec import InputSpec
-from gazimed_lab.data.splits import SPLIT_NAMES, make_splits, write_splits
+from gazimed_lab.data.splits import (
+    SPLIT_NAMES,
+    check_training_splits,
+    make_splits,
+    write_splits,
+)
 from gazimed_lab.data.transforms import TrainAugment, VolumeDataset
 
 __all__ = ["MNIDataModule", "build_dataset", "feature_columns_for", "subject_loader"]
@@ -69,10 +75,15 @@ def feature_columns_for(spec: InputSpec, manifest: str | Path) -> list[str] | No
 
 def build_dataset(table: pd.DataFrame, spec: InputSpec, cache: VolumeCache,
                   manifest: str | Path, name: str,
-                  augment: TrainAugment | None = None) -> VolumeDataset:
-    """Cache a split's volumes (as ``spec`` says) and serve them with its features."""
+                  augment: TrainAugment | None = None, accept_flagged: bool = False,
+                  records: list[dict[str, str]] | None = None) -> VolumeDataset:
+    """Cache a split's volumes (as ``spec`` says) and serve them with its features.
+
+    ``accept_flagged`` and ``records``: see :func:`~gazimed_lab.data.cache.cache_subjects`.
+    """
     arrays, masks = cache_subjects(
-        table, cache, spec.grid, spec.channels, spec.pet_reference, manifest
+        table, cache, spec.grid, spec.channels, spec.pet_reference, manifest,
+        accept_flagged=accept_flagged, records=records,
     )
     features, feature_mask = spec.clinical.transform(table, source=f"{name} split")
     targets = pd.to_numeric(table["target"], errors="coerce").to_numpy(dtype=np.float32)
@@ -141,6 +152,9 @@ class MNIDataModule(pl.LightningDataModule):
         self._splits: dict[str, pd.DataFrame] | None = None
         self._spec: InputSpec | None = None
         self._datasets: dict[str, VolumeDataset] = {}
+        self._checked_for_training = False
+        self._image_records: dict[str, list[dict[str, str]]] = {}
+        self._warned_flagged = False
 
     # ------------------------------------------------------------------ tables
     def _prepare_tables(self) -> None:
@@ -186,6 +200,32 @@ class MNIDataModule(pl.LightningDataModule):
         self._splits = splits
         log.info("splits: %s", {name: len(part) for name, part in splits.items()})
 
+    def check_for_training(self) -> None:
+        """Refuse splits that cannot train a meaningful model (once per data module).
+
+        :func:`~gazimed_lab.data.splits.check_training_splits` with the clinical
+        features in use and ``trainer.monitor``: a one-class train split, a one-class
+        val split when checkpoints are chosen on AUROC, a clinical copy of the target.
+        Lightning's fit calls it (``prepare_data`` / ``setup("fit")``) before the
+        cache is built or a checkpoint written; other uses (QA, scoring) do not.
+
+        Raises
+        ------
+        SplitError
+            Every problem, naming the split and its class counts, or the column.
+        """
+        if self._checked_for_training:
+            return
+        splits = self.splits
+        assert self.cohort is not None
+        check_training_splits(splits, self.feature_names, manifest=str(self.cohort.path),
+                              monitor=str(self.cfg.trainer.monitor))
+        self._checked_for_training = True
+
+    def _fitting(self) -> bool:
+        trainer = self.trainer
+        return trainer is not None and trainer.state.fn == TrainerFn.FITTING
+
     @property
     def splits(self) -> dict[str, pd.DataFrame]:
         """Subject tables per split (``train``/``val``/``test``)."""
@@ -219,7 +259,39 @@ class MNIDataModule(pl.LightningDataModule):
             augment = TrainAugment.from_config(
                 self.cfg.data, seed=self.seed, spatial_size=self.img_size
             )
-        return build_dataset(table, self.spec, self.cache, self.cohort.path, name, augment)
+        records: list[dict[str, str]] = []
+        dataset = build_dataset(table, self.spec, self.cache, self.cohort.path, name, augment,
+                                accept_flagged=bool(self.cfg.data.accept_flagged_images),
+                                records=records)
+        self._image_records[name] = records
+        self._write_image_records()
+        return dataset
+
+    def _write_image_records(self) -> None:
+        """Write ``run_dir/qa/resampled.csv`` and ``accepted_flagged.csv`` (rank zero).
+
+        One row per volume (of the splits built so far) that was resampled onto the
+        grid, or used although flagged as probably not in MNI space
+        (``data.accept_flagged_images``); a file is written only when it has rows.
+        """
+        rank = getattr(rank_zero_only, "rank", 0)
+        if not (self.trainer.is_global_zero if self.trainer else rank == 0):
+            return
+        rows = pd.DataFrame([{"split": name, **r} for name, recs in self._image_records.items()
+                             for r in recs],
+                            columns=["split", "subject_id", "modality", "file", "grid_action",
+                                     "flag"])
+        folder = self.run_dir / "qa"
+        resampled = rows[rows["grid_action"].str.startswith("resampled")]
+        flagged = rows[rows["flag"] != ""]
+        for frame, file in ((resampled, "resampled.csv"), (flagged, "accepted_flagged.csv")):
+            if len(frame):
+                folder.mkdir(parents=True, exist_ok=True)
+                frame.to_csv(folder / file, index=False)
+        if len(flagged) and not self._warned_flagged:
+            log.warning("%d flagged image(s) accepted (data.accept_flagged_images): see %s",
+                        len(flagged), folder / "accepted_flagged.csv")
+            self._warned_flagged = True
 
     def _names_for(self, stage: str | None) -> list[str]:
         wanted = {
@@ -229,11 +301,15 @@ class MNIDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Build the volume cache for every subject (once, on the main process)."""
+        if self._fitting():
+            self.check_for_training()  # before the (long) cache build
         for name in self._names_for(None):
             self._dataset(name)
 
     def setup(self, stage: str | None = None) -> None:
         """Prepare the datasets a Lightning stage needs (reads the cache)."""
+        if stage == "fit":
+            self.check_for_training()
         for name in self._names_for(stage):
             self._dataset(name)
 

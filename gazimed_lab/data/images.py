@@ -33,6 +33,7 @@ __all__ = [
     "brain_coverage",
     "check_same_space",
     "check_values",
+    "conform_flagged",
     "conform_loaded",
     "conform_to_grid",
     "coverage_problem",
@@ -286,6 +287,31 @@ def conform_loaded(image: nib.Nifti1Image, grid: Grid) -> tuple[np.ndarray, str,
     return out, action, _coverage(out, grid, signal_threshold(np.asarray(data)))
 
 
+def conform_flagged(img: ImageInput, grid: Grid | str,
+                    min_coverage: float | None = MIN_COVERAGE, what: str = "image",
+                    where: str | None = None) -> tuple[np.ndarray, str, str | None]:
+    """Conform like :func:`conform_to_grid`, returning the coverage flag instead of raising.
+
+    Returns
+    -------
+    tuple of (numpy.ndarray, str, str or None)
+        Volume on the grid, action, and the :func:`coverage_problem` message when
+        the image is flagged as probably not in MNI space (``None`` when fine).
+
+    Raises
+    ------
+    ImageError
+        If the image is not usable (see :func:`load_volume`).
+    """
+    grid = get_grid(grid)
+    where = where or _source_name(img)
+    image = load_volume(img, what, where)
+    data, action, coverage = conform_loaded(image, grid)
+    found = None if min_coverage is None else coverage_problem(
+        coverage, grid, action, what, where, min_coverage)
+    return data, action, found
+
+
 def conform_to_grid(img: ImageInput, grid: Grid | str, min_coverage: float | None = MIN_COVERAGE,
                     what: str = "image", where: str | None = None,
                     accept_flagged: bool = False) -> tuple[np.ndarray, str]:
@@ -319,12 +345,7 @@ def conform_to_grid(img: ImageInput, grid: Grid | str, min_coverage: float | Non
     ImageError
         If the image is not usable or covers too little of the MNI brain.
     """
-    grid = get_grid(grid)
-    where = where or _source_name(img)
-    image = load_volume(img, what, where)
-    data, action, coverage = conform_loaded(image, grid)
-    found = None if min_coverage is None else coverage_problem(
-        coverage, grid, action, what, where, min_coverage)
+    data, action, found = conform_flagged(img, grid, min_coverage, what, where)
     if found is not None:
         if not accept_flagged:
             raise ImageError(found)

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from gazimed_lab.config import DataConfig
 from gazimed_lab.data.grid import Grid
-from gazimed_lab.data.images import ImageError, check_same_space, conform_to_grid, load_volume
+from gazimed_lab.data.images import ImageError, check_same_space, conform_flagged, load_volume
 from gazimed_lab.data.normalize import normalize_mri, normalize_pet, pet_minus_mri
 from gazimed_lab.data.sampling import derive_seed
 
@@ -57,6 +57,8 @@ def preprocess_subject(
     channels: int,
     pet_reference: str,
     subject: str = "",
+    accept_flagged: bool = False,
+    notes: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load, conform and normalize one subject's volumes.
 
@@ -72,6 +74,14 @@ def preprocess_subject(
         Reference region for the PET ratio (see ``normalize.PET_REFERENCES``).
     subject
         Subject id, added to messages.
+    accept_flagged
+        Use an image flagged as probably not in MNI space (brain coverage below
+        the minimum, :func:`~gazimed_lab.data.images.coverage_problem`) instead of
+        refusing it (``data.accept_flagged_images``).
+    notes
+        When given, filled with ``grid_actions`` (``{"mri": action, "pet": action}``,
+        see :func:`~gazimed_lab.data.images.conform_to_grid`) and ``flagged`` (the
+        flag messages of accepted images), which the cache stores with the array.
 
     Returns
     -------
@@ -84,20 +94,31 @@ def preprocess_subject(
     ------
     ImageError
         From the loaders, naming the file (and both files when MRI and PET
-        are not in the same space).
+        are not in the same space); for a flagged image unless ``accept_flagged``.
     """
+    found: dict[str, Any] = {"grid_actions": {}, "flagged": []}
+
+    def conform(img: Any, what: str, where: str) -> np.ndarray:
+        data, action, flag = conform_flagged(img, grid, what=what, where=where)
+        found["grid_actions"][what] = action
+        if flag is not None:
+            if not accept_flagged:
+                raise ImageError(flag)
+            found["flagged"].append(flag)
+        return data
+
     pet_path = pet if channels >= 2 and pet else None  # None: no PET used
     use_pet = pet_path is not None
     tag = f", subject {subject}" if subject else ""
     mri_img = load_volume(mri, what="mri", where=f"{mri}{tag}")
-    mri_arr, _ = conform_to_grid(mri_img, grid, what="mri", where=f"{mri}{tag}")
+    mri_arr = conform(mri_img, "mri", f"{mri}{tag}")
     mri_n = _named(normalize_mri, f"{mri}{tag}", mri_arr, grid)
     planes = [mri_n]
     if channels >= 2:
         if pet_path is not None:
             pet_img = load_volume(pet_path, what="pet", where=f"{pet}{tag}")
             check_same_space(mri_img, pet_img, str(mri), str(pet))
-            pet_arr, _ = conform_to_grid(pet_img, grid, what="pet", where=f"{pet}{tag}")
+            pet_arr = conform(pet_img, "pet", f"{pet}{tag}")
             pet_n = _named(normalize_pet, f"{pet}{tag}", pet_arr, grid, pet_reference)
         else:
             pet_n = np.zeros(grid.shape, dtype=np.float32)
@@ -109,6 +130,8 @@ def preprocess_subject(
                 planes.append(np.zeros(grid.shape, dtype=np.float32))
     image = np.stack(planes).astype(np.float32, copy=False)
     mask = np.array([1.0, 1.0 if use_pet else 0.0], dtype=np.float32)
+    if notes is not None:
+        notes.update(found)
     return image, mask
 
 
