@@ -336,7 +336,9 @@ def load_config(
     path = Path(str(name_or_path))
     if path.suffix in {".yaml", ".yml"} or path.exists():
         if not path.is_file():
-            raise ConfigError(f"config file must exist, got a missing path ({path})")
+            state = "a directory" if path.is_dir() else "a missing path"
+            raise ConfigError(f"config file must be an existing YAML file, got {state} ({path}); "
+                              "name a preset or a .yaml file")
         values = _read_yaml(path)
         source = str(path)
         preset = values.get("preset", "default")
@@ -395,6 +397,8 @@ def _validate(cfg: DictConfig) -> None:
         (0.0 <= cfg.data.test_fraction < 1.0, "data.test_fraction", "in [0, 1)",
          cfg.data.test_fraction),
         (cfg.data.batch_size >= 1, "data.batch_size", ">= 1", cfg.data.batch_size),
+        (cfg.trainer.max_epochs >= 1 or cfg.trainer.max_epochs == -1, "trainer.max_epochs",
+         ">= 1 (or -1: until early stopping)", cfg.trainer.max_epochs),
         (cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", ">= 1",
          cfg.trainer.accumulate_grad_batches),
         (cfg.trainer.gradient_clip_algorithm in CLIP_ALGORITHMS,

@@ -32,6 +32,7 @@ __all__ = [
     "check_not_input",
     "check_subject_id",
     "output_path",
+    "path_state",
     "safe_name",
 ]
 
@@ -126,6 +127,28 @@ def output_path(root: str | Path, *parts: str | Path) -> Path:
             f"{[str(p) for p in parts]}); build names from data with "
             "gazimed_lab.paths.safe_name")
     return target
+
+
+def path_state(path: str | Path) -> str:
+    """Describe what a path that should be a file is instead (for "got ..." in messages).
+
+    Examples
+    --------
+    >>> path_state("/")
+    'a directory'
+    >>> path_state("/no/such/file")
+    'a missing path'
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "a directory"
+    if path.is_symlink() and not path.exists():
+        return "a broken symbolic link"
+    if path.exists() and not path.is_file():
+        return "not a regular file"
+    if path.is_file():
+        return "a file"
+    return "a missing path"
 
 
 def check_not_input(out: str | Path, inputs: Mapping[str, str | Path | None],

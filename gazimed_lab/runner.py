@@ -65,7 +65,8 @@ def _resume_path(resume: str | Path | None, run_dir: Path) -> str | None:
         return str(path)
     path = Path(resume)
     if not path.is_file():
-        raise FileNotFoundError(f"`resume` must be a checkpoint file, got a missing path ({path})")
+        state = "a directory" if path.is_dir() else "a missing path"
+        raise FileNotFoundError(f"`resume` must be a checkpoint file, got {state} ({path})")
     return str(path)
 
 

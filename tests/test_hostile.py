@@ -403,3 +403,45 @@ def test_na_subject_id_and_none_pet_path_are_read_as_written(tiny_cohort: Path) 
     assert cohort.subject_ids[0] == "NA"
     assert cohort.table.loc[1, "pet"] == str(root / "None")
     assert np.isnan(cohort.table.loc[2, "feat_0"])
+
+
+# ---------------------------------------------------------------- weak: directories as files
+def test_a_directory_where_a_file_is_expected_is_called_a_directory(
+        tiny_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gazimed_lab.cli import main
+    from gazimed_lab.config import ConfigError, load_config
+    from gazimed_lab.runner import _resume_path
+
+    def change(frame: pd.DataFrame) -> None:
+        frame.loc[2, "mri"] = "mri"  # the folder of the MRI files
+
+    problems = _problems(_edit(tiny_cohort, change))
+    assert len(problems) == 1
+    assert problems[0].startswith("`mri` must be an existing NIfTI file, got a directory (")
+    assert "row 3, subject `sub-002`" in problems[0]
+    with pytest.raises(ManifestError, match=r"`manifest` must be an existing CSV file, got a "
+                                            r"directory"):
+        read_manifest(tiny_cohort.parent)
+    (tmp_path / "conf.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"config file must be an existing YAML file, got a "
+                                          r"directory \(.*conf\.yaml\)"):
+        load_config(tmp_path / "conf.yaml")
+    with pytest.raises(FileNotFoundError, match=r"`resume` must be a checkpoint file, got a "
+                                                r"directory"):
+        _resume_path(tmp_path, tmp_path)
+    assert main(["train", "--config", str(tmp_path / "conf.yaml")]) == 2
+    assert "got a directory" in capsys.readouterr().err
+    assert main(["predict", "--ckpt", str(tmp_path), "--manifest", str(tiny_cohort),
+                 "--out", str(tmp_path / "scores.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "`ckpt` must be a checkpoint file, got a directory" in err
+    assert "Traceback" not in err
+
+
+def test_max_epochs_zero_is_refused_in_the_config() -> None:
+    from gazimed_lab.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"`trainer.max_epochs` must be >= 1 \(or -1: until "
+                                          r"early stopping\), got 0"):
+        load_config("cpu-demo", overrides=["trainer.max_epochs=0"])
+    assert load_config("cpu-demo", overrides=["trainer.max_epochs=-1"]).trainer.max_epochs == -1

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from gazimed_lab.data.images import ImageError, check_same_space, load_volume, problem
-from gazimed_lab.paths import SAFE_ID_RULE, check_subject_id
+from gazimed_lab.paths import SAFE_ID_RULE, check_subject_id, path_state
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -119,7 +119,7 @@ def row_location(row: int, sid: object, file: str | None = None) -> str:
 def _read_csv(path: Path) -> tuple[pd.DataFrame | None, list[str]]:
     where = str(path)
     if not path.is_file():
-        return None, [problem("manifest", "an existing CSV file", "a missing path", where)]
+        return None, [problem("manifest", "an existing CSV file", path_state(path), where)]
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             lines = [line for line in csv.reader(fh) if line]
@@ -269,7 +269,7 @@ def _check_paths(frame: pd.DataFrame, sids: pd.Series, root: Path, col: str
             problems.append((r, problem("mri", "a path to a NIfTI file", "an empty cell",
                                         row_location(r, sid))))
         elif full and not exists[-1]:
-            problems.append((r, problem(col, "an existing NIfTI file", "a missing path",
+            problems.append((r, problem(col, "an existing NIfTI file", path_state(full),
                                         row_location(r, sid, full),
                                         f"paths are relative to {root}")))
     return resolved, exists, problems
