@@ -180,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         # Input problems: print the message (it names the file / row / key), no traceback.
         print(f"gazimed-lab {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # read-only folder, full disk, a directory in the way: one line
+        from gazimed_lab.paths import describe_os_error
+
+        print(f"gazimed-lab {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

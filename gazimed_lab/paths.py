@@ -31,6 +31,7 @@ __all__ = [
     "atomic_write",
     "check_not_input",
     "check_subject_id",
+    "describe_os_error",
     "output_path",
     "path_state",
     "safe_name",
@@ -177,6 +178,33 @@ def check_not_input(out: str | Path, inputs: Mapping[str, str | Path | None],
     return path
 
 
+_CAUSES = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission denied",
+           errno.EPERM: "permission denied", errno.EROFS: "a read-only file system",
+           errno.EDQUOT: "the disk quota is exceeded", errno.EISDIR: "it is a directory",
+           errno.ENOTDIR: "a part of the path is a file, not a directory"}
+
+
+def _cause(exc: OSError) -> str:
+    return _CAUSES.get(exc.errno or 0, exc.strerror or str(exc) or type(exc).__name__)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed read or write: the path and the cause, then what to do.
+
+    Examples
+    --------
+    >>> describe_os_error(OSError(28, "No space left on device", "/runs/a/x.csv"))
+    '`/runs/a/x.csv` could not be written: the disk is full; free space or choose another folder'
+    """
+    if not exc.filename:  # already one of ours, or a message without a path
+        return exc.strerror or str(exc)
+    fix = {errno.ENOSPC: "free space or choose another folder",
+           errno.EDQUOT: "free space or choose another folder",
+           errno.EISDIR: "name a file, not a folder"}.get(
+        exc.errno or 0, "choose a folder you can write to (e.g. another system.run_dir)")
+    return f"`{exc.filename}` could not be written: {_cause(exc)}; {fix}"
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object], what: str = "file") -> Path:
     """Write a file through a temporary name beside it, then rename it into place.
 
@@ -212,10 +240,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], what: str = 
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        cause = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission denied",
-                 errno.EROFS: "a read-only file system",
-                 errno.EDQUOT: "the disk quota is exceeded"}.get(
-            exc.errno or 0, exc.strerror or type(exc).__name__)
+        cause = _cause(exc)
         raise type(exc)(exc.errno, f"`{what}` could not be written to {path}: {cause}; free "
                         "space or choose a writable folder") from exc
     except BaseException:

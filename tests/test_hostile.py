@@ -445,3 +445,58 @@ def test_max_epochs_zero_is_refused_in_the_config() -> None:
                                           r"early stopping\), got 0"):
         load_config("cpu-demo", overrides=["trainer.max_epochs=0"])
     assert load_config("cpu-demo", overrides=["trainer.max_epochs=-1"]).trainer.max_epochs == -1
+
+
+# ---------------------------------------------------------------- weak: disk and folders
+@pytest.mark.parametrize(("error", "cause"), [
+    (OSError(28, "No space left on device"), "the disk is full"),
+    (PermissionError(13, "Permission denied"), "permission denied"),
+    (OSError(30, "Read-only file system"), "a read-only file system"),
+])
+def test_write_failures_in_the_cli_are_one_line_naming_path_and_cause(
+        tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], error: OSError, cause: str) -> None:
+    from gazimed_lab.cli import main
+
+    out = tmp_path / "qa"
+
+    def refuse(self: pd.DataFrame, path: object, *args: object, **kwargs: object) -> None:
+        raise type(error)(error.errno, error.strerror, str(path))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", refuse)
+    assert main(["qa", str(tiny_cohort), "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith(f"gazimed-lab qa: error: `{out / 'qa_table.csv'}` could not be "
+                          f"written: {cause}; ")
+
+
+def test_predict_out_that_is_a_directory_is_one_line(
+        tiny_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gazimed_lab.cli import main
+
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"weights")
+    assert main(["predict", "--ckpt", str(ckpt), "--manifest", str(tiny_cohort),
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "`out` must be a file path, got a directory" in err
+
+
+def test_cache_writes_failing_for_lack_of_space_are_reported_once_as_disk_full(
+        tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import cohort_config
+
+    from gazimed_lab import MNIDataModule
+    from gazimed_lab.data.cache import CacheFullError
+
+    def short_write(fh: object, arr: np.ndarray, **kwargs: object) -> None:
+        raise OSError(f"{arr.nbytes} requested and {arr.nbytes // 2} written")
+
+    monkeypatch.setattr(np, "save", short_write)
+    with pytest.raises(CacheFullError, match=r"`data.cache_dir` must have room for the "
+                                             r"preprocessed volumes, got a full disk at .*cache"
+                                             r".*MiB free.*set data.cache_dir") as info:
+        MNIDataModule(cohort_config(tiny_cohort, tmp_path)).setup()
+    assert "subject" not in str(info.value) and "requested" not in str(info.value)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing partial

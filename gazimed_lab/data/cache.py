@@ -18,11 +18,13 @@ rebuilt once.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +39,14 @@ from gazimed_lab.data.images import ImageError
 from gazimed_lab.data.manifest import ManifestError
 from gazimed_lab.data.transforms import MRI_NORMALIZATION, preprocess_subject
 
-__all__ = ["CACHE_VERSION", "VolumeCache", "cache_subjects", "file_fingerprint", "volume_key"]
+__all__ = [
+    "CACHE_VERSION",
+    "CacheFullError",
+    "VolumeCache",
+    "cache_subjects",
+    "file_fingerprint",
+    "volume_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +131,17 @@ def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         raise
 
 
+class CacheFullError(OSError):
+    """The cache folder's disk is full: reported once, not once per subject."""
+
+
+def _disk_full(exc: OSError) -> bool:
+    # numpy reports a short write as "N requested and M written", without an errno.
+    text = str(exc)
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or (
+        "requested and" in text and "written" in text)
+
+
 class VolumeCache:
     """Preprocessed (C, D, H, W) arrays plus a modality mask, keyed by :func:`volume_key`.
 
@@ -194,11 +214,24 @@ class VolumeCache:
             limit = float(np.finfo(np.float16).max)
             data = np.clip(data, -limit, limit)
         data = np.ascontiguousarray(data, dtype=self.dtype)
-        _atomic_write(self.array_path(key), lambda fh: np.save(fh, data, allow_pickle=False))
         meta = {"modality_mask": [float(v) for v in mask], "shape": list(data.shape),
                 "dtype": str(self.dtype), "version": CACHE_VERSION, "qa": {}, **info}
         text = json.dumps(meta, indent=1, default=str).encode()
-        _atomic_write(self.meta_path(key), lambda fh: fh.write(text))
+        try:
+            _atomic_write(self.array_path(key), lambda fh: np.save(fh, data, allow_pickle=False))
+            _atomic_write(self.meta_path(key), lambda fh: fh.write(text))
+        except OSError as exc:
+            if not _disk_full(exc):
+                raise
+            try:
+                free = f"{shutil.disk_usage(self.root).free / 2**20:.0f} MiB free"
+            except OSError:
+                free = "free space unknown"
+            raise CacheFullError(
+                errno.ENOSPC,
+                f"`data.cache_dir` must have room for the preprocessed volumes, got a full disk "
+                f"at {self.root} ({free}; one volume takes {data.nbytes / 2**20:.1f} MiB); "
+                "free space, or set data.cache_dir to a folder on a larger disk") from exc
 
     def get_or_build(
         self,
@@ -292,6 +325,8 @@ def cache_subjects(
             flagged = [str(f) for f in qa.get("flagged", [])]
             if flagged and not accept_flagged:  # cached by a run that accepted them
                 raise ImageError("; ".join(flagged))
+        except CacheFullError:
+            raise  # the same for every subject: once, not per subject
         except (ImageError, OSError) as exc:
             problems.append(f"subject `{sid}`: {exc}")
             continue
