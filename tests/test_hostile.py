@@ -500,3 +500,25 @@ def test_cache_writes_failing_for_lack_of_space_are_reported_once_as_disk_full(
         MNIDataModule(cohort_config(tiny_cohort, tmp_path)).setup()
     assert "subject" not in str(info.value) and "requested" not in str(info.value)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing partial
+
+
+# ---------------------------------------------------------------- weak: qa = training
+def test_qa_reports_what_training_refuses_for_a_negative_pet(tiny_cohort: Path,
+                                                             tmp_path: Path) -> None:
+    from conftest import cohort_config
+
+    from gazimed_lab import MNIDataModule
+    from gazimed_lab.data.qa import run_qa
+
+    path = tiny_cohort.parent / "pet" / "sub-002_pet.nii.gz"
+    img = nib.load(str(path))
+    write_nifti(path, np.asarray(img.dataobj) - 10.0, img.affine)  # structure kept, all < 0
+    report = run_qa(tiny_cohort, GRID)
+    found = [e for e in report.errors if "sub-002" in e]
+    assert len(found) == 1 and found[0].startswith("`PET reference region `whole_brain` mean` "
+                                                   "must be > 0, got -")
+    with pytest.raises(ManifestError) as info:
+        MNIDataModule(cohort_config(tiny_cohort, tmp_path)).setup()
+    refused = [p for p in info.value.problems if "sub-002" in p]
+    assert len(refused) == 1
+    assert found[0].split(" (grid")[0] in refused[0]  # the same check, the same words

@@ -28,6 +28,7 @@ from gazimed_lab.data.images import (
     read_nifti,
 )
 from gazimed_lab.data.manifest import Cohort, row_location, validate_manifest
+from gazimed_lab.data.normalize import normalize_mri, normalize_pet
 
 __all__ = ["QAReport", "missingness", "qa_main", "qa_table", "run_qa", "split_balance"]
 
@@ -61,7 +62,8 @@ class _Volume:
         self.errors: list[str] = []
 
 
-def _inspect(vol: _Volume, grid: Grid, mask: np.ndarray) -> _Volume:
+def _inspect(vol: _Volume, grid: Grid, mask: np.ndarray,
+             pet_reference: str = "whole_brain") -> _Volume:
     row, modality, file = vol.row, vol.row["modality"], vol.row["file"]
     if not file:
         row["flags"] = f"missing {modality.upper()}"
@@ -100,18 +102,27 @@ def _inspect(vol: _Volume, grid: Grid, mask: np.ndarray) -> _Volume:
         vol.errors.append(found)
     if not corr >= MIN_TEMPLATE_CORRELATION:
         flags.append("low template correlation")
+    try:  # the normalization training applies (constant MRI, PET reference mean <= 0)
+        if modality == "mri":
+            normalize_mri(data, grid)
+        else:
+            normalize_pet(data, grid, pet_reference)
+    except ValueError as exc:
+        flags.append("cannot be normalized")
+        vol.errors.append(f"{exc}; file: {vol.where}")
     row["flags"] = "; ".join(flags)
     vol.data = data
     return vol
 
 
-def _qa(cohort: Cohort, grid: Grid) -> tuple[pd.DataFrame, list[str]]:
+def _qa(cohort: Cohort, grid: Grid, pet_reference: str = "whole_brain"
+        ) -> tuple[pd.DataFrame, list[str]]:
     mask = template_on_grid("brain_mask", grid) > 0
     rows, errors = [], []
     for i, subject in cohort.table.iterrows():
         r, sid = int(i) + 1, subject["subject_id"]
-        mri = _inspect(_Volume(r, sid, "mri", subject["mri"]), grid, mask)
-        pet = _inspect(_Volume(r, sid, "pet", subject["pet"]), grid, mask)
+        mri = _inspect(_Volume(r, sid, "mri", subject["mri"]), grid, mask, pet_reference)
+        pet = _inspect(_Volume(r, sid, "pet", subject["pet"]), grid, mask, pet_reference)
         errors += mri.errors + pet.errors
         if mri.image is not None and pet.image is not None:
             try:
@@ -155,7 +166,8 @@ def qa_table(cohort: Cohort, grid: Grid | str = "demo_4mm") -> pd.DataFrame:
         and T1 contrasts differ, so its sign and size vary) and flags
         (``"; "``-separated, "" when fine: missing PET, missing file,
         unreadable, non-finite voxels, all-zero volume, not registered?, low
-        template correlation, MRI/PET grids differ). Flagged rows come first.
+        template correlation, cannot be normalized, MRI/PET grids differ).
+        Flagged rows come first.
     """
     return _qa(cohort, get_grid(grid))[0]
 
@@ -242,9 +254,14 @@ class QAReport:
 
 
 def run_qa(manifest: str | Path, grid: Grid | str = "demo_4mm", out_dir: str | Path | None = None,
-           clinical_columns: list[str] | None = None, require_targets: bool = True
-           ) -> QAReport:
+           clinical_columns: list[str] | None = None, require_targets: bool = True,
+           pet_reference: str = "whole_brain") -> QAReport:
     """Check a cohort end to end without raising on bad data.
+
+    Every volume goes through the checks training applies (readable, finite,
+    nonzero, brain coverage, MRI/PET on one grid, and the normalization with
+    ``pet_reference``, ``data.pet_reference``), so QA reports exactly what
+    training would refuse.
 
     Writes ``qa_table.csv``, ``missingness.csv``, ``errors.txt`` (one error a
     line, empty when fine) and, when the manifest has splits,
@@ -257,7 +274,7 @@ def run_qa(manifest: str | Path, grid: Grid | str = "demo_4mm", out_dir: str | P
     miss = pd.DataFrame(columns=["feature", "n_missing", "n_observed", "fraction"])
     balance = None
     if cohort is not None:
-        table, image_errors = _qa(cohort, grid)
+        table, image_errors = _qa(cohort, grid, pet_reference)
         errors += image_errors
         miss = missingness(cohort)
         if (cohort.table["split"] != "").any():
