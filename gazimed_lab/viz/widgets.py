@@ -8,6 +8,7 @@ drawn), so they construct and redraw without a display (e.g. in tests).
 from __future__ import annotations
 
 import html
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from IPython.display import display
+from IPython.display import Image, display
 from matplotlib.figure import Figure
 
 from gazimed_lab import evaluation as ev
@@ -46,11 +47,18 @@ def _key(modalities: Mapping[str, Any], names: Sequence[str]) -> str | None:
 
 
 def _show(output: widgets.Output, fig: Figure, html: str | None = None) -> None:
+    """Replace the Output's content with ``html`` and the figure as a PNG image.
+
+    The PNG is made here, so the figure shows whatever matplotlib backend the
+    kernel runs (a Figure displayed under ``MPLBACKEND=Agg`` is only its text repr).
+    """
+    png = io.BytesIO()
+    fig.savefig(png, format="png", bbox_inches="tight")
     with output:
         output.clear_output(wait=True)
         if html:
             display(widgets.HTML(html))
-        display(fig)
+        display(Image(data=png.getvalue(), format="png"))
 
 
 class SliceViewer(widgets.VBox):
@@ -279,7 +287,8 @@ class QABrowser(widgets.VBox):
         rows = self.qa[self.qa["subject_id"].astype(str) == str(sid)]
         rows = rows.sort_values("modality", key=lambda m: m.str.lower().map({"mri": 0, "pet": 1}),
                                 kind="stable")  # MRI first, as everywhere else
-        shown = rows[[c for c in _QA_SHOWN if c in rows.columns]]
+        shown = rows[[c for c in _QA_SHOWN if c in rows.columns]].assign(
+            file=rows["file"].map(lambda f: Path(str(f)).name if f else ""))  # the path is long
         table = shown.to_html(index=False, float_format="{:.3f}".format, na_rep="")
         fig, axes = plt.subplots(1, len(rows), figsize=self.figsize, squeeze=False)
         plt.close(fig)  # shown through the Output widget only
