@@ -14,6 +14,7 @@ root and the project's kernel ``gazimed-lab`` as the default kernel.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import socket
@@ -206,6 +207,10 @@ def lab_launch(
         "--LabApp.extension_manager=readonly",  # the lock file pins the environment
     ]
     env = dict(os.environ)
+    # Kernels inherit this: figures show as images even where MPLBACKEND=Agg is exported.
+    env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
+        p for p in (str(_quiet_lab_config()), env.get("JUPYTER_CONFIG_PATH", "")) if p)
     env.pop("JUPYTER_TOKEN", None)
     if token:
         env["JUPYTER_TOKEN"] = token
@@ -217,6 +222,24 @@ def lab_launch(
         argv.append("--allow-root")  # containers and GPU servers often run as root
     url = f"http://127.0.0.1:{port}/lab" + (f"?token={token}" if token else "")
     return LabLaunch(argv=argv, env=env, url=url, port=port, root=root)
+
+
+#: JupyterLab's announcements plugin asks "Would you like to get notified about official
+#: Jupyter news?" even with ``news_url=None``; disabling the plugin is the only way.
+_QUIET_PAGE_CONFIG = {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}
+
+
+def _quiet_lab_config() -> Path:
+    """Write (once) and return a Jupyter config folder that disables the announcements."""
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    folder = Path(jupyter_runtime_dir()) / "gazimed-lab-config"
+    page = folder / "labconfig" / "page_config.json"
+    text = json.dumps(_QUIET_PAGE_CONFIG, indent=2) + "\n"
+    if not page.is_file() or page.read_text() != text:
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(text)
+    return folder
 
 
 def _kernel_registered() -> bool:

@@ -120,6 +120,7 @@ def test_setup_notebook_without_preset_and_its_errors(tmp_path):
 
 def test_lab_launch_is_local_with_a_token_and_the_project_kernel(tmp_path, monkeypatch):
     monkeypatch.setattr("os.geteuid", lambda: 0)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     launch = lab_launch(tmp_path, port=8899)
     assert launch.url == f"http://127.0.0.1:8899/lab?token={launch.env['JUPYTER_TOKEN']}"
     assert len(launch.env["JUPYTER_TOKEN"]) >= 32
@@ -129,6 +130,11 @@ def test_lab_launch_is_local_with_a_token_and_the_project_kernel(tmp_path, monke
                 "--MappingKernelManager.default_kernel_name=gazimed-lab"):
         assert arg in launch.argv
     assert "--no-browser" not in launch.argv
+    assert launch.env["MPLBACKEND"] == "module://matplotlib_inline.backend_inline"
+    assert "--LabApp.extension_manager=readonly" in launch.argv
+    config = Path(launch.env["JUPYTER_CONFIG_PATH"].split(os.pathsep)[0])
+    page = json.loads((config / "labconfig" / "page_config.json").read_text())
+    assert page["disabledExtensions"] == {"@jupyterlab/apputils-extension:announcements": True}
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     quiet = lab_launch(tmp_path, token="", open_browser=False)
     assert "--allow-root" not in quiet.argv and "--no-browser" in quiet.argv
