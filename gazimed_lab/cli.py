@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from gazimed_lab.config import DEMO_SUBJECTS
+
 __all__ = ["main"]
 
 
@@ -145,10 +147,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true", help="write the tables only")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("ablate", help="clinical-only / MRI-only / PET-only / MRI+PET / all on one split")
+    p = sub.add_parser("ablate", help="clinical / MRI / PET / MRI+PET / all on one split")
     p.add_argument("--manifest", type=Path, default=None,
                    help="cohort (default: the generated demo cohort)")
-    p.add_argument("--n-subjects", type=int, default=300, help="demo cohort size")
+    p.add_argument("--n-subjects", type=int, default=DEMO_SUBJECTS, help="demo cohort size")
     p.add_argument("--preset", default="cpu-demo")
     p.add_argument("--out-dir", type=Path, default=Path("runs/ablations"))
     p.add_argument("overrides", nargs="*", help="section.key=value")
@@ -165,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate the demo cohort if absent, then run the pipeline")
     p.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
-    p.add_argument("--n-subjects", type=int, default=300)
+    p.add_argument("--n-subjects", type=int, default=DEMO_SUBJECTS)
     p.set_defaults(func=_cmd_demo)
 
     return parser

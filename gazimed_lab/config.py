@@ -22,6 +22,7 @@ __all__ = [
     "CACHE_DTYPES",
     "CHANNELS",
     "CLIP_ALGORITHMS",
+    "DEMO_SUBJECTS",
     "IMAGE_PATHWAYS",
     "LOSSES",
     "MODES",
@@ -67,6 +68,10 @@ IMAGE_PATHWAYS: tuple[str, ...] = ("swin", "regions", "swin+regions")
 CLIP_ALGORITHMS: tuple[str, ...] = ("norm", "value")
 #: ``trainer.nonfinite_policy``: what a non-finite training loss does.
 NONFINITE_POLICIES: tuple[str, ...] = ("stop", "skip")
+
+#: Size of the demo cohort (``make demo``, ``gazimed-lab demo`` / ``ablate``): 1000 since
+#: issue 11 (300 subjects left the image branch below a linear model on regional means).
+DEMO_SUBJECTS = 1000
 
 #: Keys that configs no longer have, with what replaces them. The data decide these
 #: (the fitted input contract, ``gazimed_lab.data.spec.InputSpec``), not the user.

@@ -248,11 +248,14 @@ def run_pipeline(
     return summary
 
 
-def run_demo(run_dir: str | Path = "runs/demo", n_subjects: int = 300) -> dict[str, Any]:
+def run_demo(run_dir: str | Path = "runs/demo", n_subjects: int | None = None
+             ) -> dict[str, Any]:
     """Generate the demo cohort if absent, then run the pipeline on it (``make demo``)."""
+    from gazimed_lab.config import DEMO_SUBJECTS
     from gazimed_lab.data.synthetic import demo_cohort
 
     start = time.perf_counter()
+    n_subjects = DEMO_SUBJECTS if n_subjects is None else int(n_subjects)
     manifest = demo_cohort(n_subjects=n_subjects)
     print(f"demo cohort: {manifest} ({n_subjects} subjects)", flush=True)
     summary = run_pipeline(run_dir, preset="cpu-demo", manifest=manifest, overwrite=True)

@@ -40,6 +40,8 @@ TINY_OVERRIDES = [
     "model.drop_path_rate=0.0", "data.batch_size=4", "trainer.accumulate_grad_batches=1",
     "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
     "trainer.accelerator=cpu", "trainer.devices=1", "optim.warmup_epochs=1",
+    # the Swin pathway with cross-attention (cpu-demo itself reads atlas regions)
+    "model.image_pathway=swin", "model.deep_supervision=false",
 ]
 
 

@@ -32,6 +32,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from gazimed_lab.config import DEMO_SUBJECTS
 from gazimed_lab.data.baselines import (
     REFERENCE_BASELINES,
     baselines_from_tables,
@@ -439,7 +440,7 @@ def _cache_name(n: int, seed: int, grid: Grid) -> str:
 
 def demo_cohort(
     cache_dir: str | Path | None = None,
-    n_subjects: int = 300,
+    n_subjects: int = DEMO_SUBJECTS,
     seed: int = 1234,
     grid: str | Grid = "demo_4mm",
 ) -> Path:

@@ -345,9 +345,13 @@ class MultimodalAlzheimersNet(nn.Module):
                 "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
             },
         }
+        if self.img_size is not None:
+            info.update(img_size=list(self.img_size), image_pathway=self.image_pathway)
+        if self.region_encoder is not None:
+            info["parameters"]["region_encoder"] = _count(self.region_encoder)
+            info["regions"] = self.region_encoder.pool.n_regions
         if enc is not None:
             info.update(
-                img_size=list(enc.img_size),
                 padded_size=list(enc.padded_size),
                 padding=[list(p) for p in enc.padding],
                 fusion_stages=list(self.fusion_stages),
