@@ -121,6 +121,8 @@ def _config(preset: str, grid: str, manifest: Path, cache: Path, run: Path,
     return load_config(preset, overrides=[
         f"data.manifest={manifest}", f"data.grid={grid}", f"data.cache_dir={cache}",
         f"system.run_dir={run}", f"data.num_workers={workers}",
+        # epoch timing only (no validation): tiny subsets need not give a two-class val split
+        "trainer.monitor=val/loss", "trainer.monitor_mode=min",
     ])
 
 
