@@ -148,7 +148,7 @@ def test_forward_takes_tensors_with_sensible_default_masks(
     model = AlzheimersLightningModule(cfg, spec=dm.spec).eval()
     batches = list(dm.split_dataloader("train"))
     batch = {k: torch.cat([b[k] for b in batches]) if torch.is_tensor(batches[0][k]) else
-             sum((b[k] for b in batches), []) for k in batches[0]}
+             [sid for b in batches for sid in b[k]] for k in batches[0]}
     assert (batch["modality_mask"][:, 1] == 0).any()  # a subject without PET is in there
     images, clinical_features = batch["images"], batch["clinical_features"]
     with torch.no_grad():
