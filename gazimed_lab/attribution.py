@@ -14,7 +14,7 @@ within atlas regions, the unit the disease effects (and the regions pathway) liv
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from torch import nn
 
 from gazimed_lab.data.atlas import Atlas
 
-__all__ = ["cohort_reference", "integrated_gradients", "regional_map"]
+__all__ = ["cohort_reference", "group_attribution", "integrated_gradients", "regional_map"]
 
 
 def cohort_reference(batches: Iterable[dict[str, Any]]) -> torch.Tensor:
@@ -75,6 +75,35 @@ def integrated_gradients(model: nn.Module, batch: dict[str, Any], reference: tor
     finally:
         model.train(was_training)
     return ((images - base) * total).detach().cpu().numpy()
+
+
+def group_attribution(model: nn.Module, batches: Iterable[dict[str, Any]],
+                      groups: Mapping[str, Any], reference: torch.Tensor,
+                      max_per_group: int | None = None, steps: int = 16
+                      ) -> dict[Any, np.ndarray]:
+    """Mean integrated-gradients map ``(C, D, H, W)`` per group (e.g. diagnosis).
+
+    ``groups`` maps subject id -> group; subjects without a group are skipped, and at
+    most ``max_per_group`` subjects of each group are used (first come).
+    """
+    sums: dict[Any, np.ndarray] = {}
+    counts: dict[Any, int] = {}
+    for batch in batches:
+        keep = [i for i, sid in enumerate(batch["subject_id"])
+                if sid in groups and (max_per_group is None
+                                      or counts.get(groups[sid], 0) < max_per_group)]
+        if not keep:
+            continue
+        sub = {k: (v[keep] if torch.is_tensor(v) else [v[i] for i in keep])
+               for k, v in batch.items()}
+        attr = integrated_gradients(model, sub, reference, steps)
+        for sid, a in zip(sub["subject_id"], attr):
+            group = groups[sid]
+            if max_per_group is not None and counts.get(group, 0) >= max_per_group:
+                continue
+            sums[group] = sums.get(group, 0.0) + a
+            counts[group] = counts.get(group, 0) + 1
+    return {g: sums[g] / counts[g] for g in sums}
 
 
 def regional_map(map3d: np.ndarray, atlas: Atlas) -> np.ndarray:

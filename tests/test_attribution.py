@@ -7,7 +7,12 @@ import pytest
 import torch
 from test_models import GRID, TINY, tiny_batch, tiny_spec
 
-from gazimed_lab.attribution import cohort_reference, integrated_gradients, regional_map
+from gazimed_lab.attribution import (
+    cohort_reference,
+    group_attribution,
+    integrated_gradients,
+    regional_map,
+)
 from gazimed_lab.data.atlas import Atlas
 from gazimed_lab.models import AlzheimersLightningModule
 
@@ -50,3 +55,20 @@ def test_regional_map_sums_within_regions():
     out = regional_map(m, atlas)
     assert np.all(out[0] == 0 + 1 + 2 + 3) and np.all(out[1, 0] == 4 + 5)
     assert np.all(out[1, 1] == 0)
+
+
+def test_group_attribution_averages_per_group_with_a_cap():
+    torch.manual_seed(0)
+    model = AlzheimersLightningModule(
+        "cpu-demo", spec=tiny_spec(),
+        **{k: v for k, v in TINY.items() if k not in ("img_size", "clinical_features_dim")},
+    )
+    batch = tiny_batch()
+    reference = cohort_reference([tiny_batch(seed=1)])
+    ids = batch["subject_id"]
+    groups = {ids[0]: "AD", ids[1]: "AD", ids[2]: "CN"}  # ids[3]: no group
+    maps = group_attribution(model, [batch], groups, reference, max_per_group=1, steps=4)
+    single = integrated_gradients(model, batch, reference, steps=4)
+    assert set(maps) == {"AD", "CN"}
+    np.testing.assert_allclose(maps["AD"], single[0], atol=1e-6)  # capped at the first AD
+    np.testing.assert_allclose(maps["CN"], single[2], atol=1e-6)

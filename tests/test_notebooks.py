@@ -204,6 +204,7 @@ QUICK = {
     "occlusion_mask_size": 10,
     "max_per_group": 2,
     "smoothgrad_samples": 2,
+    "ig_steps": 4,
     "overwrite": True,
 }
 
@@ -274,6 +275,8 @@ def test_pipeline_runs_the_four_notebooks_into_one_run_folder(pipeline_run):
                      "dash_confusion_youden.png", "dash_subgroups.png", "slices_mosaic.png"):
         assert expected in figures
     assert list((run / "maps").glob("group_*_saliency.nii.gz"))
+    assert list((run / "maps").glob("group_*_ig_PET.nii.gz"))  # integrated gradients
+    assert list((run / "maps").glob("regions_*_MRI.csv"))  # the AAL region ranking
     assert (run / "metrics.json").is_file() and (run / "pipeline.json").is_file()
     for name, seconds in summary["notebooks"].items():
         assert seconds < 300, f"{name} quick run took {seconds} s"
