@@ -92,7 +92,10 @@ def _build(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     from gazimed_lab.models.lightning import resolve_spec
     from gazimed_lab.models.network import MultimodalAlzheimersNet, network_kwargs
 
-    cfg = load_config(config["preset"])
+    # The Swin network against the naive reference-style one (cpu-demo itself reads atlas
+    # regions since issue 11; this benchmark is about the Swin pathway and its fusion).
+    cfg = load_config(config["preset"], overrides=["model.image_pathway=swin",
+                                                   "model.deep_supervision=false"])
     kwargs = network_kwargs(cfg.model, resolve_spec(cfg, n_features=118))
     if config["img_size"]:
         kwargs["img_size"] = list(config["img_size"])
