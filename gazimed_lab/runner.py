@@ -95,6 +95,10 @@ def _predictions_table(
     records: list[dict[str, Any]], subjects: pd.DataFrame, split: str
 ) -> pd.DataFrame:
     table = pd.DataFrame.from_records(records)
+    # The manifest's targets as parsed there (float64), not the float32 batch copies: the
+    # file shows the manifest's decimals (0.1234, not 0.12340000271797180).
+    manifest_targets = subjects.set_index("subject_id")["target"]
+    table["target"] = manifest_targets.reindex(table["subject_id"]).to_numpy(dtype=float)
     meta = subjects[["subject_id", *[c for c in META_COLUMNS if c in subjects.columns]]]
     table = table.merge(meta, on="subject_id", how="left", validate="one_to_one")
     table.insert(4, "split", split)

@@ -137,3 +137,13 @@ def test_overrides_from_skips_none_and_round_trips_types():
     assert cfg.trainer.max_epochs == 5 and cfg.trainer.precision == "bf16-mixed"
     assert list(cfg.model.depths) == [1, 1, 2, 1] and cfg.data.augment is False
     assert cfg.data.batch_size == load_config("cpu-demo").data.batch_size
+
+
+def test_duplicate_yaml_keys_are_refused_naming_key_and_lines(tmp_path: Path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("preset: cpu-demo\ntrainer:\n  max_epochs: 5\n  max_epochs: 50\n")
+    with pytest.raises(ConfigError, match=r"got `max_epochs` twice \(lines 3 and 4 of "
+                                          rf"{path}\); keep one"):
+        load_config(path)
+    path.write_text("preset: cpu-demo\ntrainer:\n  max_epochs: 5\nsystem:\n  seed: 1\n")
+    assert load_config(path).trainer.max_epochs == 5  # same key in two sections is fine

@@ -161,3 +161,14 @@ def test_resume_last_continues_from_the_saved_epoch(tmp_path):
 def test_resume_last_without_a_checkpoint_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"`--resume last` must find a last checkpoint"):
         train_and_evaluate(_cfg(tmp_path), resume="last")
+
+
+@pytest.mark.slow
+def test_prediction_files_keep_the_manifest_target_decimals(trained):
+    result, _ = trained
+    written = pd.read_csv(result.run_dir / "predictions" / "test.csv", dtype=str)
+    manifest = pd.read_csv(DATA_SAMPLES / "manifest.csv", dtype=str).set_index("subject_id")
+    assert len(written) > 0
+    for sid, text in zip(written["subject_id"], written["target"]):
+        # float32 batch copies would write e.g. 0.18340000510215759 for 0.1834
+        assert float(text) == float(manifest.loc[sid, "target"]) and len(text) <= 8, text
