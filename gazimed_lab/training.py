@@ -34,6 +34,7 @@ from pytorch_lightning.callbacks import (
     TQDMProgressBar,
 )
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from gazimed_lab.config import load_config, save_config
@@ -43,6 +44,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 
 __all__ = [  # noqa: F822 (DEFAULT_TRAINING_CONFIG comes from the module __getattr__)
     "DEFAULT_TRAINING_CONFIG",
+    "AtomicCheckpointIO",
     "BestCheckpointLink",
     "TrainerFactory",
     "best_checkpoint",
@@ -103,6 +105,27 @@ def _git_commit() -> str:
     if out.returncode != 0:
         return "unknown (not a git checkout or no commits)"
     return out.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary name beside the final one, then renamed.
+
+    Lightning writes through a temporary file in the system temp folder and moves it
+    into place: when that folder is on another file system the move is a copy, and a
+    full disk (or a kill) during it leaves a truncated file under the checkpoint's
+    name. Here the rename is always within the run folder (atomic), a failed write
+    leaves no file behind, and the error names the path and the cause.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        """Write ``checkpoint`` to ``path`` atomically (see the class)."""
+        from gazimed_lab.paths import atomic_write
+
+        if storage_options is not None:
+            raise TypeError(f"`storage_options` must be None for local checkpoints, got "
+                            f"{storage_options!r}")
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp), what="checkpoint")
 
 
 class BestCheckpointLink(Callback):
@@ -268,6 +291,7 @@ def create_trainer(cfg: Any, run_dir: str | Path | None = None, **overrides: Any
         enable_progress_bar=t.enable_progress_bar,
         logger=_loggers(cfg, run_dir),
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
     )
     for key in ("limit_train_batches", "limit_val_batches"):
         value = t[key]

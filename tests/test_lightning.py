@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -188,3 +189,31 @@ def test_missing_targets_rejected_outside_predict():
     batch = next(iter(DataLoader(RandomCohort(2, targets=False), batch_size=2)))
     with pytest.raises(ValueError, match=r"`targets` must be finite for val.*sub-000"):
         model.validation_step(batch, 0)
+
+
+def test_a_full_disk_while_checkpointing_leaves_no_truncated_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def half_then_full(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] >= 2:  # the first checkpoint is written; the disk fills during the next
+            Path(f).write_bytes(b"\x80" * 100)  # a partial file under the temporary name
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real_save(obj, f, *args, **kwargs)
+
+    model = tiny_model("trainer.max_epochs=3")
+    trainer = create_trainer(model.cfg, run_dir=tmp_path)
+    monkeypatch.setattr(torch, "save", half_then_full)
+    with pytest.raises(OSError, match=r"`checkpoint` could not be written to .*the disk is "
+                                      r"full; free space"):
+        trainer.fit(model, datamodule=TinyDataModule())
+    monkeypatch.setattr(torch, "save", real_save)
+    files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert not [f for f in files if ".tmp-" in f]  # no partial temporary file left
+    for name in files:  # every checkpoint under a normal name is complete
+        if name.endswith(".ckpt") and not (tmp_path / "checkpoints" / name).is_symlink():
+            assert AlzheimersLightningModule.load_from_checkpoint(
+                tmp_path / "checkpoints" / name).spec.fitted
