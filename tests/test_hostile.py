@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -522,3 +524,95 @@ def test_qa_reports_what_training_refuses_for_a_negative_pet(tiny_cohort: Path,
     refused = [p for p in info.value.problems if "sub-002" in p]
     assert len(refused) == 1
     assert found[0].split(" (grid")[0] in refused[0]  # the same check, the same words
+
+
+# ---------------------------------------------------------------- weak: not scalar volumes
+_RGB = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
+
+
+@pytest.mark.parametrize(("dtype", "got"), [
+    (np.complex64, r"got complex64 data"),
+    (_RGB, r"got an RGB volume, expected a scalar volume"),
+])
+@pytest.mark.parametrize("from_file", [True, False])
+def test_complex_and_rgb_volumes_are_refused_as_not_scalar(
+        tmp_path: Path, dtype: np.dtype, got: str, from_file: bool) -> None:
+    from gazimed_lab.data.images import load_volume, read_nifti
+
+    data = np.ones((8, 8, 8), dtype=dtype)
+    path = tmp_path / "odd.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    source = path if from_file else nib.Nifti1Image(data, np.eye(4))
+    where = "odd.nii.gz" if from_file else "in-memory image"
+    pattern = rf"`pet` must be a real-valued scalar volume, {got} \(.*{where}\); fix: "
+    with pytest.raises(ImageError, match=pattern) as info:
+        read_nifti(source, "pet")
+    assert "truncated" not in str(info.value)
+    with pytest.raises(ImageError, match=pattern):
+        load_volume(source, "pet")
+
+
+# ---------------------------------------------------------------- weak: accepted, but warned
+def _hostile_but_usable(manifest: Path) -> Path:
+    """Empty column, a shared PET, swapped MRI/PET, a constant PET, a negative MRI, a 2-subject
+    val split: each accepted (no error), each worth a warning."""
+    root = manifest.parent
+    brain = template_on_grid("brain_mask", GRID) > 0
+    write_nifti(root / "pet" / "sub-002_pet.nii.gz", brain * 5.0, GRID.affine)
+    mri = root / "mri" / "sub-004_T1w.nii.gz"
+    write_nifti(mri, np.asarray(nib.load(str(mri)).dataobj) - 10.0, GRID.affine)
+
+    def change(frame: pd.DataFrame) -> None:
+        frame["feat_empty"] = ""
+        frame.loc[6, "pet"] = frame.loc[5, "pet"]
+        frame.loc[1, ["mri", "pet"]] = frame.loc[1, ["pet", "mri"]].to_numpy()
+        frame["split"] = ["train"] * 11 + ["val"] * 2 + ["test"] * 3
+
+    return _edit(manifest, change)
+
+
+def test_suspicious_cohort_is_warned_about_in_qa_and_when_training_starts(
+        tiny_cohort: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from conftest import cohort_config
+
+    from gazimed_lab import MNIDataModule
+    from gazimed_lab.data.qa import cohort_warnings, run_qa
+
+    assert run_qa(tiny_cohort, GRID).warnings == []  # a clean cohort: nothing to say
+    _hostile_but_usable(tiny_cohort)
+    report = run_qa(tiny_cohort, GRID, out_dir=tmp_path / "qa")
+    assert report.ok, report.errors  # warnings, not errors
+    found = report.warnings
+    assert (tmp_path / "qa" / "warnings.txt").read_text() == "".join(f"{w}\n" for w in found)
+    expected = [
+        r"^`feat_empty` must be a column with a value in at least one row, got an entirely "
+        r"empty column \(16 of 16 rows empty\); it is dropped",
+        r"^`pet` must be a file of its own .* got one file used 2 times: row 6 \(subject "
+        r"`sub-005`, pet\), row 7 \(subject `sub-006`, pet\) \(.*sub-005_pet\.nii\.gz\)",
+        r"^`mri/pet` must be the T1 MRI in `mri` and the PET in `pet`, got columns that look "
+        r"swapped: .*row 2, subject `sub-001`\); fix: swap",
+        r"^`pet` must be a volume that varies inside the brain, got a constant PET \(std 0 .*"
+        r"value 5\) \(.*sub-002_pet\.nii\.gz; row 3, subject `sub-002`\)",
+        r"^`mri` must be non-negative intensities .* got 100% of the MNI brain mask below 0 .*"
+        r"sub-004_T1w\.nii\.gz; row 5, subject `sub-004`\)",
+        r"^`val split` must be >= 3 subjects, got 2 subjects \(`sub-011`, `sub-012`\)",
+    ]
+    assert len(found) == len(expected), found
+    for pattern, text in zip(expected, found, strict=True):
+        assert re.search(pattern, text), (pattern, text)
+
+    # Training: the same words, logged at WARNING and warned once, and training goes on.
+    caplog.set_level(logging.WARNING, logger="gazimed_lab")
+    module = MNIDataModule(cohort_config(tiny_cohort, tmp_path))
+    with pytest.warns(UserWarning, match=r"6 cohort warning\(s\)") as record:
+        module.check_for_training()
+        module.check_for_training()  # once per data module
+    assert len([w for w in record if "cohort warning" in str(w.message)]) == 1
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert all(text in logged for text in found)
+
+    # A requested clinical column that is empty is kept but says so.
+    cohort = read_manifest(tiny_cohort, clinical_columns=["feat_0", "feat_empty"],
+                           check_images=False)
+    assert "it is kept because it was requested (data.clinical_columns) but imputed in every " \
+           "row" in cohort_warnings(cohort, volumes={})[0]

@@ -220,6 +220,9 @@ class MNIDataModule(pl.LightningDataModule):
         assert self.cohort is not None
         check_training_splits(splits, self.feature_names, manifest=str(self.cohort.path),
                               monitor=str(self.cfg.trainer.monitor))
+        from gazimed_lab.data.qa import warn_cohort  # logged and warned once, not refused
+
+        warn_cohort(self.cohort, splits, self.grid, log)
         self._checked_for_training = True
 
     def _fitting(self) -> bool:

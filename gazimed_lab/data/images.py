@@ -2,8 +2,8 @@
 
 Every image enters the workbench through :func:`load_volume`, which accepts a
 path or a nibabel image and rejects, with a message naming the file, what
-cannot be used: a missing file, a file nibabel cannot read as NIfTI, a
-truncated or corrupt file, a 4D volume with several frames, non-finite voxels
+cannot be used: a missing file, a file nibabel cannot read as NIfTI, complex
+or RGB voxels, a truncated or corrupt file, a 4D volume with several frames, non-finite voxels
 or an all-zero volume. A 4D volume with a single frame is squeezed to 3D.
 
 :func:`conform_to_grid` then puts the volume on the grid of the run: an image
@@ -97,6 +97,20 @@ def describe_image(shape: tuple[int, ...], affine: np.ndarray) -> str:
     return f"{tuple(int(s) for s in shape[:3])} {size_text} mm {codes} origin ({origin})"
 
 
+def _check_dtype(dtype: np.dtype, what: str, where: str) -> None:
+    """Refuse complex and RGB(A) voxels, which a float conversion would garble."""
+    dtype = np.dtype(dtype)
+    if dtype.names is not None:  # nibabel's RGB / RGBA structured voxels
+        kind = ("an RGBA" if "A" in dtype.names else "an RGB" if "R" in dtype.names
+                else "a structured")
+        raise ImageError(problem(what, "a real-valued scalar volume",
+                                 f"{kind} volume, expected a scalar volume", where,
+                                 "export one intensity per voxel (not a colour rendering)"))
+    if dtype.kind == "c":
+        raise ImageError(problem(what, "a real-valued scalar volume", f"{dtype.name} data",
+                                 where, "export the magnitude, e.g. np.abs(data)"))
+
+
 def read_nifti(img: ImageInput, what: str = "image", where: str | None = None
                ) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
     """Read a volume and its voxels without judging the voxel values.
@@ -122,8 +136,8 @@ def read_nifti(img: ImageInput, what: str = "image", where: str | None = None
     Raises
     ------
     ImageError
-        Missing file, not NIfTI, truncated/corrupt data, bad affine, or a
-        volume that is not 3D (or 4D with one frame).
+        Missing file, not NIfTI, complex or RGB voxels, truncated/corrupt data,
+        bad affine, or a volume that is not 3D (or 4D with one frame).
     """
     where = where or _source_name(img)
     if isinstance(img, (str, Path)):
@@ -148,8 +162,13 @@ def read_nifti(img: ImageInput, what: str = "image", where: str | None = None
     else:
         raise ImageError(problem(what, "a NIfTI path or a nibabel image",
                                  f"{type(img).__name__}", where))
+    _check_dtype(image.get_data_dtype(), what, where)
     try:
-        data = np.array(np.asanyarray(image.dataobj), dtype=np.float32)  # never alias input
+        raw = np.asanyarray(image.dataobj)
+        _check_dtype(raw.dtype, what, where)  # an in-memory image's header may differ
+        data = np.array(raw, dtype=np.float32)  # never alias input
+    except ImageError:
+        raise
     except Exception as exc:  # EOFError, zlib.error, OSError, ValueError on short files
         raise ImageError(problem(what, "a complete, readable NIfTI file",
                                  f"a truncated or corrupt file [{type(exc).__name__}: {exc}]",

@@ -88,12 +88,17 @@ class Cohort:
         The manifest file.
     ignored_columns
         Manifest columns that are neither reserved nor clinical (mostly text).
+    empty_columns
+        Non-reserved manifest columns without a single value (ignored unless
+        requested as clinical columns, then imputed everywhere); QA and training
+        warn about them.
     """
 
     table: pd.DataFrame
     clinical_columns: list[str]
     path: Path
     ignored_columns: list[str] = field(default_factory=list)
+    empty_columns: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -375,7 +380,8 @@ def validate_manifest(path: str | Path, clinical_columns: list[str] | None = Non
     if check_images:
         problems += _check_images(table, exists)
     problems.sort(key=lambda item: item[0])
-    cohort = None if missing else Cohort(table, clinical, path, ignored)
+    empty = [c for c in frame.columns if c not in RESERVED_COLUMNS and frame[c].isna().all()]
+    cohort = None if missing else Cohort(table, clinical, path, ignored, empty)
     return cohort, [p for _, p in problems]
 
 

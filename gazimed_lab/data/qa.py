@@ -3,12 +3,18 @@
 :func:`run_qa` never raises on bad data: it records every manifest problem
 (see :class:`~gazimed_lab.data.manifest.ManifestError`) and every volume that
 would fail at training time (not registered to MNI space) as errors, and
-still tabulates every volume it can read. :func:`qa_main` is the body of the
-``gazimed-lab qa MANIFEST`` command.
+still tabulates every volume it can read. :func:`cohort_warnings` collects what
+is accepted but suspicious (an empty column, one file for two subjects, MRI and
+PET swapped, a constant PET, negative MRI intensities, a tiny split): QA reports
+it as warnings and training logs it (:func:`warn_cohort`). :func:`qa_main` is
+the body of the ``gazimed-lab qa MANIFEST`` command.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,16 +33,23 @@ from gazimed_lab.data.images import (
     problem,
     read_nifti,
 )
-from gazimed_lab.data.manifest import Cohort, row_location, validate_manifest
+from gazimed_lab.data.manifest import SPLITS, Cohort, row_location, validate_manifest
 from gazimed_lab.data.normalize import normalize_mri, normalize_pet
 
-__all__ = ["QAReport", "missingness", "qa_main", "qa_table", "run_qa", "split_balance"]
+__all__ = ["QAReport", "cohort_warnings", "missingness", "qa_main", "qa_table", "run_qa",
+           "split_balance", "volume_signals", "warn_cohort"]
+
+log = logging.getLogger(__name__)
 
 #: Below this Pearson correlation to the MNI template (inside the brain mask) a volume is
 #: flagged. Registered synthetic volumes (bias field, smoothing, noise) give 0.4-0.9; a
 #: 20 mm shift gives about 0.0-0.2.
 MIN_TEMPLATE_CORRELATION = 0.3
 _TEMPLATE_FOR = {"mri": "t1", "pet": "gm"}
+#: Below this many subjects a split is warned about (its metrics mean little).
+MIN_SPLIT_SIZE = 3
+#: Above this fraction of brain-mask voxels below 0, an MRI's intensities are warned about.
+MAX_NEGATIVE_FRACTION = 0.05
 _COLUMNS = [
     "row", "subject_id", "modality", "file", "grid_action", "shape", "voxel_size", "min", "mean",
     "max", "std", "nan_count", "brain_coverage", "template_corr", "pet_mri_corr", "flags",
@@ -60,6 +73,18 @@ class _Volume:
         self.data: np.ndarray | None = None
         self.image: nib.spatialimages.SpatialImage | None = None
         self.errors: list[str] = []
+        self.signals: dict[str, float] | None = None
+
+
+def _signals(data: np.ndarray, grid: Grid, mask: np.ndarray) -> dict[str, float]:
+    """Return what the warnings read from a conformed volume, inside the MNI brain mask."""
+    inside = data[mask]
+    return {"t1": _corr(inside, template_on_grid("t1", grid)[mask]),
+            "gm": _corr(inside, template_on_grid("gm", grid)[mask]),
+            "negative": float(np.mean(inside < 0)) if inside.size else 0.0,
+            "min": float(inside.min()) if inside.size else 0.0,
+            "mean": float(inside.mean()) if inside.size else 0.0,
+            "std": float(inside.std()) if inside.size else 0.0}
 
 
 def _inspect(vol: _Volume, grid: Grid, mask: np.ndarray,
@@ -112,13 +137,18 @@ def _inspect(vol: _Volume, grid: Grid, mask: np.ndarray,
         vol.errors.append(f"{exc}; file: {vol.where}")
     row["flags"] = "; ".join(flags)
     vol.data = data
+    vol.signals = _signals(data, grid, mask)
     return vol
 
 
+Signals = dict[tuple[int, str], dict[str, float]]
+
+
 def _qa(cohort: Cohort, grid: Grid, pet_reference: str = "whole_brain"
-        ) -> tuple[pd.DataFrame, list[str]]:
+        ) -> tuple[pd.DataFrame, list[str], Signals]:
     mask = template_on_grid("brain_mask", grid) > 0
     rows, errors = [], []
+    signals: Signals = {}
     for i, subject in cohort.table.iterrows():
         r, sid = int(i) + 1, subject["subject_id"]
         mri = _inspect(_Volume(r, sid, "mri", subject["mri"]), grid, mask, pet_reference)
@@ -137,10 +167,12 @@ def _qa(cohort: Cohort, grid: Grid, pet_reference: str = "whole_brain"
             corr = _corr(mri.data[mask], pet.data[mask])
             mri.row["pet_mri_corr"] = pet.row["pet_mri_corr"] = corr
         rows += [mri.row, pet.row]
+        signals.update({(r, v.row["modality"]): v.signals for v in (mri, pet)
+                        if v.signals is not None})
     table = pd.DataFrame(rows, columns=_COLUMNS)
     flagged = (table["flags"] == "").astype(int)
     order = np.lexsort((table["modality"], table["row"], flagged))
-    return table.iloc[order].reset_index(drop=True), errors
+    return table.iloc[order].reset_index(drop=True), errors, signals
 
 
 def qa_table(cohort: Cohort, grid: Grid | str = "demo_4mm") -> pd.DataFrame:
@@ -223,6 +255,172 @@ def split_balance(table: pd.DataFrame | Cohort) -> pd.DataFrame:
     return out.fillna({c: 0 for c in out.columns if "=" in c})
 
 
+def volume_signals(cohort: Cohort, grid: Grid | str = "demo_4mm") -> Signals:
+    """Read and conform every volume of ``cohort`` for :func:`cohort_warnings`.
+
+    Unusable volumes (unreadable, non-finite, all zero) are skipped: they are
+    errors, reported by QA and refused when the cache is built.
+
+    Returns
+    -------
+    dict
+        ``{(row, modality): signals}`` with row the 1-based manifest data row.
+    """
+    grid = get_grid(grid)
+    mask = template_on_grid("brain_mask", grid) > 0
+    out: Signals = {}
+    for i, subject in cohort.table.iterrows():
+        for modality in ("mri", "pet"):
+            file = subject[modality]
+            if not file or not Path(file).is_file():
+                continue
+            try:
+                image, raw = read_nifti(file, modality)
+                check_values(raw, modality)
+                data = conform_loaded(nib.Nifti1Image(raw, image.affine), grid)[0]
+            except (ImageError, ValueError):
+                continue
+            out[(int(i) + 1, modality)] = _signals(data, grid, mask)
+    return out
+
+
+def _empty_column_warnings(cohort: Cohort) -> list[str]:
+    found = []
+    for col in cohort.empty_columns:
+        if col in cohort.clinical_columns:
+            what_happens = ("it is kept because it was requested (data.clinical_columns) but "
+                            "imputed in every row, so it carries no information")
+        else:
+            what_happens = "it is dropped: not used as a clinical feature"
+        found.append(problem(col, "a column with a value in at least one row",
+                             f"an entirely empty column ({len(cohort)} of {len(cohort)} rows "
+                             f"empty); {what_happens}", str(cohort.path),
+                             "fill it in or remove the column"))
+    return found
+
+
+def _shared_file_warnings(cohort: Cohort) -> list[str]:
+    users: dict[str, list[tuple[int, str, str]]] = {}
+    for i, subject in cohort.table.iterrows():
+        for col in ("mri", "pet"):
+            if subject[col]:
+                key = os.path.realpath(subject[col])
+                users.setdefault(key, []).append((int(i) + 1, str(subject["subject_id"]), col))
+    found = []
+    for file, uses in users.items():
+        if len(uses) < 2:
+            continue
+        cols = "/".join(dict.fromkeys(c for _, _, c in uses))
+        named = ", ".join(f"row {r} (subject `{sid}`, {c})" for r, sid, c in uses)
+        found.append(problem(cols, "a file of its own for each subject and modality",
+                             f"one file used {len(uses)} times: {named}", file,
+                             "check the paths in the manifest (a copied path gives the model "
+                             "one image twice, and can put it in two splits)"))
+    return found
+
+
+def _image_warnings(cohort: Cohort, volumes: Signals) -> list[str]:
+    found = []
+    for i, subject in cohort.table.iterrows():
+        r, sid = int(i) + 1, subject["subject_id"]
+        mri, pet = volumes.get((r, "mri")), volumes.get((r, "pet"))
+        if mri is not None and pet is not None and mri["gm"] > mri["t1"] \
+                and pet["t1"] > pet["gm"]:
+            found.append(problem(
+                "mri/pet", "the T1 MRI in `mri` and the PET in `pet`",
+                f"columns that look swapped: the mri correlates {mri['gm']:.2f} with the GM "
+                f"(PET-like) template and {mri['t1']:.2f} with the T1 template, the pet "
+                f"{pet['t1']:.2f} with T1 and {pet['gm']:.2f} with GM",
+                f"mri: {subject['mri']}; pet: {subject['pet']}; {row_location(r, sid)}",
+                "swap the two paths of this row"))
+        if pet is not None and pet["std"] <= 1e-6 * abs(pet["mean"]):
+            found.append(problem(
+                "pet", "a volume that varies inside the brain",
+                f"a constant PET (std 0 inside the MNI brain mask, value {pet['mean']:g})",
+                row_location(r, sid, subject["pet"]),
+                "check the export; a constant PET carries no information"))
+        if mri is not None and mri["negative"] > MAX_NEGATIVE_FRACTION:
+            found.append(problem(
+                "mri", f"non-negative intensities (at most {MAX_NEGATIVE_FRACTION:.0%} of the "
+                "brain below 0)",
+                f"{mri['negative']:.0%} of the MNI brain mask below 0 (min {mri['min']:.3g})",
+                row_location(r, sid, subject["mri"]),
+                "give the unnormalized T1 (the workbench normalizes it); a z-scored or "
+                "offset image is not comparable with the others"))
+    return found
+
+
+def _split_warnings(cohort: Cohort, splits: dict[str, pd.DataFrame] | None) -> list[str]:
+    if splits is None:
+        split = cohort.table["split"]
+        if not (split != "").any():
+            return []
+        splits = {name: cohort.table[split == name] for name in SPLITS}
+    found = []
+    for name, part in splits.items():
+        if 0 < len(part) < MIN_SPLIT_SIZE:
+            ids = ", ".join(f"`{s}`" for s in part["subject_id"])
+            found.append(problem(
+                f"{name} split", f">= {MIN_SPLIT_SIZE} subjects",
+                f"{len(part)} subject{'s' if len(part) > 1 else ''} ({ids})", str(cohort.path),
+                "add subjects, or change data.val_fraction / data.test_fraction (or the "
+                "manifest's split column); metrics on so few subjects mean little"))
+    return found
+
+
+def cohort_warnings(cohort: Cohort, splits: dict[str, pd.DataFrame] | None = None,
+                    grid: Grid | str = "demo_4mm", volumes: Signals | None = None
+                    ) -> list[str]:
+    """Collect what a cohort gets away with but should not: warnings, never errors.
+
+    An entirely empty column (dropped, or imputed everywhere when requested as a
+    clinical column), one image file used by two subjects (or as both MRI and
+    PET), MRI and PET that look swapped (the MRI correlates better with the GM
+    template than with the T1 template, and the PET the other way round), a
+    constant PET inside the brain, an MRI with more than
+    :data:`MAX_NEGATIVE_FRACTION` of the brain below 0, and a split of fewer than
+    :data:`MIN_SPLIT_SIZE` subjects. Each message names the rows, subjects or
+    column, in the style of :func:`~gazimed_lab.data.images.problem`.
+
+    Parameters
+    ----------
+    cohort
+        The cohort (:func:`~gazimed_lab.data.manifest.read_manifest`).
+    splits
+        The splits of a run; ``None`` reads the manifest's ``split`` column.
+    grid
+        The grid the volumes are conformed to.
+    volumes
+        :func:`volume_signals` when already computed (QA computes them while
+        inspecting each volume); ``None`` reads every volume once.
+
+    Returns
+    -------
+    list of str
+        The warnings, columns first, then files, volumes (row order) and splits.
+    """
+    if volumes is None:
+        volumes = volume_signals(cohort, grid)
+    return (_empty_column_warnings(cohort) + _shared_file_warnings(cohort)
+            + _image_warnings(cohort, volumes) + _split_warnings(cohort, splits))
+
+
+def warn_cohort(cohort: Cohort, splits: dict[str, pd.DataFrame] | None = None,
+                grid: Grid | str = "demo_4mm", logger: logging.Logger | None = None
+                ) -> list[str]:
+    """Log each :func:`cohort_warnings` message at WARNING level and warn once.
+
+    Training calls it when a fit starts (``MNIDataModule.check_for_training``).
+    """
+    found = cohort_warnings(cohort, splits, grid)
+    for text in found:
+        (logger or log).warning("%s", text)
+    if found:
+        warnings.warn(f"{len(found)} cohort warning(s) for {cohort.path}:\n"
+                      + "\n".join(found), UserWarning, stacklevel=2)
+    return found
+
+
 @dataclass
 class QAReport:
     """Result of :func:`run_qa`.
@@ -243,6 +441,8 @@ class QAReport:
         :func:`split_balance`, or None when the manifest has no split.
     ignored_columns
         Manifest columns used neither as reserved nor as clinical columns.
+    warnings
+        :func:`cohort_warnings`: accepted but suspicious, not errors.
     """
 
     ok: bool
@@ -251,6 +451,7 @@ class QAReport:
     missingness: pd.DataFrame
     balance: pd.DataFrame | None = None
     ignored_columns: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def run_qa(manifest: str | Path, grid: Grid | str = "demo_4mm", out_dir: str | Path | None = None,
@@ -264,8 +465,9 @@ def run_qa(manifest: str | Path, grid: Grid | str = "demo_4mm", out_dir: str | P
     training would refuse.
 
     Writes ``qa_table.csv``, ``missingness.csv``, ``errors.txt`` (one error a
-    line, empty when fine) and, when the manifest has splits,
-    ``split_balance.csv`` into ``out_dir`` when given.
+    line, empty when fine), ``warnings.txt`` (:func:`cohort_warnings`, likewise)
+    and, when the manifest has splits, ``split_balance.csv`` into ``out_dir``
+    when given.
     """
     grid = get_grid(grid)
     cohort, errors = validate_manifest(manifest, clinical_columns, require_targets,
@@ -273,20 +475,23 @@ def run_qa(manifest: str | Path, grid: Grid | str = "demo_4mm", out_dir: str | P
     table = pd.DataFrame(columns=_COLUMNS)
     miss = pd.DataFrame(columns=["feature", "n_missing", "n_observed", "fraction"])
     balance = None
+    found: list[str] = []
     if cohort is not None:
-        table, image_errors = _qa(cohort, grid, pet_reference)
+        table, image_errors, signals = _qa(cohort, grid, pet_reference)
         errors += image_errors
+        found = cohort_warnings(cohort, None, grid, signals)
         miss = missingness(cohort)
         if (cohort.table["split"] != "").any():
             balance = split_balance(cohort)
     report = QAReport(not errors, errors, table, miss, balance,
-                      list(cohort.ignored_columns) if cohort is not None else [])
+                      list(cohort.ignored_columns) if cohort is not None else [], found)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         table.to_csv(out / "qa_table.csv", index=False)
         miss.to_csv(out / "missingness.csv", index=False)
         (out / "errors.txt").write_text("".join(f"{e}\n" for e in errors))
+        (out / "warnings.txt").write_text("".join(f"{w}\n" for w in found))
         if balance is not None:
             balance.to_csv(out / "split_balance.csv")
     return report
@@ -300,11 +505,14 @@ def qa_main(manifest: str | Path, grid: Grid | str = "demo_4mm",
     n_rows = report.table["row"].nunique()
     n_flagged = int((report.table["flags"] != "").sum())
     print(f"QA of {manifest} on grid {grid.name}: {n_rows} manifest rows, "
-          f"{len(report.table)} volume rows ({n_flagged} flagged), {len(report.errors)} errors")
+          f"{len(report.table)} volume rows ({n_flagged} flagged), {len(report.errors)} errors, "
+          f"{len(report.warnings)} warnings")
     if report.ignored_columns:
         print(f"columns not used as clinical features: {report.ignored_columns}")
     for err in report.errors:
         print(f"ERROR {err}")
+    for text in report.warnings:
+        print(f"WARNING {text}")
     if out_dir is not None:
-        print(f"wrote qa_table.csv, missingness.csv, errors.txt to {out_dir}")
+        print(f"wrote qa_table.csv, missingness.csv, errors.txt, warnings.txt to {out_dir}")
     return 0 if report.ok else 1
