@@ -103,6 +103,15 @@ def tiny_cohort(pristine_cohort: Path, tmp_path: Path) -> Path:
     return tmp_path / "cohort" / "manifest.csv"
 
 
+def edit_manifest(manifest: Path, change: Any) -> Path:
+    """Rewrite a manifest (read as text) through ``change(frame)``, which edits in place or
+    returns the new frame."""
+    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    out = change(frame)
+    (frame if out is None else out).to_csv(manifest, index=False)
+    return manifest
+
+
 def cohort_config(manifest: Path, tmp_path: Path, *extra: str) -> Any:
     """The cpu-demo config on ``manifest`` with cache and run folder inside ``tmp_path``."""
     return load_config("cpu-demo", overrides=[

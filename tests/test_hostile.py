@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import edit_manifest as _edit
 from conftest import write_nifti
 
 from gazimed_lab.data.grid import get_grid, template_on_grid
@@ -29,11 +30,6 @@ from gazimed_lab.paths import (
 GRID = get_grid("demo_4mm")
 
 
-def _edit(manifest: Path, change: Callable[[pd.DataFrame], pd.DataFrame | None]) -> Path:
-    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    out = change(frame)
-    (frame if out is None else out).to_csv(manifest, index=False)
-    return manifest
 
 
 def _problems(manifest: Path, **kwargs: object) -> list[str]:

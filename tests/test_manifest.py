@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import edit_manifest as _edit
 from conftest import make_tiny_cohort, write_nifti
 
 from gazimed_lab.data.grid import get_grid
@@ -20,11 +20,6 @@ GRID = get_grid("demo_4mm")
 
 
 
-def _edit(manifest: Path, change: Callable[[pd.DataFrame], pd.DataFrame | None]) -> Path:
-    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    out = change(frame)
-    (frame if out is None else out).to_csv(manifest, index=False)
-    return manifest
 
 
 def _problems(manifest: Path, **kwargs: object) -> list[str]:
