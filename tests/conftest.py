@@ -103,6 +103,17 @@ def tiny_cohort(pristine_cohort: Path, tmp_path: Path) -> Path:
     return tmp_path / "cohort" / "manifest.csv"
 
 
+#: A small cpu-demo network for tests that train (add trainer.max_epochs as needed).
+SMALL = [
+    "model.embed_dim=12",
+    "model.fusion_dim=32",
+    "model.clinical_hidden=[32]",
+    "model.clinical_out_dim=16",
+    "model.head_hidden=[16]",
+    "trainer.enable_progress_bar=false",
+]
+
+
 def edit_manifest(manifest: Path, change: Any) -> Path:
     """Rewrite a manifest (read as text) through ``change(frame)``, which edits in place or
     returns the new frame."""

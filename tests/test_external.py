@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SMALL as SMALL_MODEL
 from conftest import cohort_config, make_tiny_cohort
 
 from gazimed_lab.cli import main
@@ -195,15 +196,7 @@ def test_cli_evaluate_with_predictions_only(samples: Path, tmp_path: Path,
 
 
 # ------------------------------------------------------ with a trained model
-SMALL = [
-    "model.embed_dim=12",
-    "model.fusion_dim=32",
-    "model.clinical_hidden=[32]",
-    "model.clinical_out_dim=16",
-    "model.head_hidden=[16]",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-]
+SMALL = [*SMALL_MODEL, "trainer.max_epochs=1"]
 
 
 @pytest.mark.slow

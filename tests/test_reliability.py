@@ -17,20 +17,14 @@ import pandas as pd
 import pytest
 import torch
 from conftest import GUARD, cohort_config, guard_module, make_tiny_cohort
+from conftest import SMALL as SMALL_MODEL
 
 from gazimed_lab.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
 from gazimed_lab.cli import main
 from gazimed_lab.config import save_config
 from gazimed_lab.runner import predict_manifest, train_and_evaluate
 
-SMALL = [
-    "model.embed_dim=12",
-    "model.fusion_dim=32",
-    "model.clinical_hidden=[32]",
-    "model.clinical_out_dim=16",
-    "model.head_hidden=[16]",
-    "trainer.enable_progress_bar=false",
-]
+SMALL = SMALL_MODEL
 
 
 def _summary(run_dir: Path) -> dict:

@@ -105,6 +105,19 @@ def _check_ci(ci: float, n_boot: int) -> None:
         raise ValueError(f"`n_boot` must be >= 1, got {n_boot}")
 
 
+def _resampled_values(table: pd.DataFrame, compute: Callable[..., float], n_boot: int, seed: int,
+                      stratified: bool, name: str) -> list[float]:
+    """Finite values of ``compute(rows)`` over the bootstrap resamples (others counted)."""
+    values = []
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        for rows in _resamples(table, n_boot, seed, stratified):
+            value = compute(rows)
+            if np.isfinite(value):
+                values.append(value)
+    _warn_skipped(name, n_boot - len(values), n_boot)
+    return values
+
+
 def _warn_skipped(what: str, n_skipped: int, n_boot: int) -> None:
     if n_skipped > 0.1 * n_boot:
         warnings.warn(
@@ -175,14 +188,8 @@ def bootstrap_ci(
     nan = float("nan")
     if not np.isfinite(point):
         return BootstrapCI(nan, nan, nan, metric=name, ci=ci, n_boot=n_boot, n_skipped=n_boot)
-    values = []
-    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-        for rows in _resamples(table, n_boot, seed, stratified):
-            value = compute(rows)
-            if np.isfinite(value):
-                values.append(value)
+    values = _resampled_values(table, compute, n_boot, seed, stratified, name)
     n_skipped = n_boot - len(values)
-    _warn_skipped(name, n_skipped, n_boot)
     low, high = _interval(values, ci)
     return BootstrapCI(point, low, high, metric=name, ci=ci, n_boot=n_boot, n_skipped=n_skipped)
 
@@ -425,14 +432,8 @@ def paired_bootstrap(
     if not np.isfinite(point):
         return PairedDifference(nan, nan, nan, mean=nan, p_value=nan, metric=metric, ci=ci,
                                 n=len(table), n_boot=n_boot, n_skipped=n_boot)
-    values = []
-    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-        for rows in _resamples(table, n_boot, seed, stratified):
-            value = diff(rows)
-            if np.isfinite(value):
-                values.append(value)
+    values = _resampled_values(table, diff, n_boot, seed, stratified, metric)
     n_skipped = n_boot - len(values)
-    _warn_skipped(metric, n_skipped, n_boot)
     low, high = _interval(values, ci)
     arr = np.asarray(values)
     mean = float(arr.mean()) if arr.size else nan

@@ -88,7 +88,6 @@ class MultimodalAlzheimersNet(nn.Module):
         modality_dropout: float = _D.modality_dropout,
         activation_checkpointing: bool = _D.activation_checkpointing,
         deep_supervision: bool = _D.deep_supervision,
-        aux_loss_weight: float = _D.aux_loss_weight,
         image_pathway: str = _D.image_pathway,
         use_mri: bool = _D.use_mri,
         region_masks: Any = None,
@@ -196,8 +195,7 @@ class MultimodalAlzheimersNet(nn.Module):
             nn.Linear(int(head_hidden[-1]) if len(head_hidden) else width, 1),
         )
         # Deep supervision: each branch must score the target on its own too (the
-        # LightningModule adds their losses, weighted by aux_loss_weight, in training).
-        self.aux_loss_weight = float(aux_loss_weight)
+        # LightningModule adds their losses, weighted by model.aux_loss_weight, in training).
         self.aux_heads: nn.ModuleDict | None = None
         if deep_supervision and self.uses_images and self.uses_clinical:
             self.aux_heads = nn.ModuleDict({
@@ -374,6 +372,7 @@ def network_kwargs(model_cfg: Any, spec: InputSpec) -> dict[str, Any]:
     assert isinstance(values, dict)
     kwargs = {str(k): v for k, v in values.items()}
     atlas = kwargs.pop("region_atlas", _D.region_atlas)
+    kwargs.pop("aux_loss_weight", None)  # a loss weight (the LightningModule's), not the net's
     masks = None
     if "regions" in str(kwargs.get("image_pathway", _D.image_pathway)) and (
             kwargs.get("mode", _D.mode) != "clinical_only"):
