@@ -29,6 +29,7 @@ __all__ = [
     "NONFINITE_POLICIES",
     "PET_REFERENCES",
     "POOLINGS",
+    "REGION_READOUTS",
     "REMOVED_KEYS",
     "Config",
     "ConfigError",
@@ -64,6 +65,9 @@ PET_REFERENCES: tuple[str, ...] = ("whole_brain", "cerebellum", "pons")
 CACHE_DTYPES: tuple[str, ...] = ("float16", "float32")
 #: ``model.image_pathway``: Swin encoders with cross-attention, atlas-region means, or both.
 IMAGE_PATHWAYS: tuple[str, ...] = ("swin", "regions", "swin+regions")
+#: ``model.region_readout``: how the regions pathway maps its standardized regional means
+#: to its output: an MLP, or one linear map (a ridge-like regional score).
+REGION_READOUTS: tuple[str, ...] = ("mlp", "linear")
 #: ``trainer.gradient_clip_algorithm``.
 CLIP_ALGORITHMS: tuple[str, ...] = ("norm", "value")
 #: ``trainer.nonfinite_policy``: what a non-finite training loss does.
@@ -155,6 +159,11 @@ class ModelConfig:
     #: Atlas of the ``regions`` pathway: ``aal``, ``aal3`` (shipped), or a label NIfTI path
     #: with a names file beside it (same stem, ``.txt``).
     region_atlas: str = "aal"
+    #: ``mlp`` or ``linear`` (:data:`REGION_READOUTS`): the regions pathway's readout of its
+    #: standardized regional means.
+    region_readout: str = "mlp"
+    #: Output width of the regions pathway; ``None`` = ``fusion_dim``.
+    region_dim: int | None = None
     #: False: the image branch ignores the MRI channel (a PET-only model, data.channels >= 2).
     use_mri: bool = True
 
@@ -412,6 +421,10 @@ def _validate(cfg: DictConfig) -> None:
          cfg.optim.loss),
         (cfg.model.image_pathway in IMAGE_PATHWAYS, "model.image_pathway",
          one_of(IMAGE_PATHWAYS), cfg.model.image_pathway),
+        (cfg.model.region_readout in REGION_READOUTS, "model.region_readout",
+         one_of(REGION_READOUTS), cfg.model.region_readout),
+        (cfg.model.region_dim is None or cfg.model.region_dim >= 1, "model.region_dim",
+         ">= 1 (or null: model.fusion_dim)", cfg.model.region_dim),
         (cfg.model.use_mri or cfg.data.channels >= 2 or cfg.model.mode == "clinical_only",
          "data.channels", ">= 2 with model.use_mri=false (a PET-only model needs PET)",
          cfg.data.channels),

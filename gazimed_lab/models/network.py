@@ -90,6 +90,8 @@ class MultimodalAlzheimersNet(nn.Module):
         deep_supervision: bool = _D.deep_supervision,
         image_pathway: str = _D.image_pathway,
         use_mri: bool = _D.use_mri,
+        region_readout: str = _D.region_readout,
+        region_dim: int | None = _D.region_dim,
         region_masks: Any = None,
     ) -> None:
         super().__init__()
@@ -139,9 +141,10 @@ class MultimodalAlzheimersNet(nn.Module):
                 raise ValueError("`region_masks` must be (R, D, H, W) atlas masks for the "
                                  "regions pathway, got None (build_network makes them)")
             self.region_encoder = RegionEncoder(
-                region_masks, 1 if self.use_mri else 0, self.pet_channels, int(fusion_dim),
-                float(dropout))
-            self.image_width += int(fusion_dim)
+                region_masks, 1 if self.use_mri else 0, self.pet_channels,
+                int(fusion_dim if region_dim is None else region_dim), float(dropout),
+                str(region_readout))
+            self.image_width += self.region_encoder.out_dim
         if self.uses_images and "swin" in image_pathway:
             stages = [int(s) for s in fusion_stages]
             if not stages or len(set(stages)) != len(stages) or any(

@@ -23,7 +23,8 @@ _NO_DECAY_MODULES = (
 
 #: Top-level submodules of :class:`~gazimed_lab.models.network.MultimodalAlzheimersNet`
 #: that make the image branch (what ``optim.image_lr_scale`` applies to).
-IMAGE_MODULES = ("mri_encoder", "pet_encoder", "pet_adapter", "fusion", "image_norm")
+IMAGE_MODULES = ("mri_encoder", "pet_encoder", "pet_adapter", "fusion", "image_norm",
+                 "region_encoder")
 
 
 def param_groups(

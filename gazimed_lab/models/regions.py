@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gazimed_lab.config import REGION_READOUTS
 from gazimed_lab.models.clinical import mlp
 from gazimed_lab.models.standardize import SubjectStandardize
 
@@ -74,11 +75,19 @@ class RegionEncoder(nn.Module):
         (0, 1 or 2: PET and PET - MRI).
     out_dim, dropout
         Output width; dropout in the MLP.
+    readout
+        ``mlp`` (one hidden layer of ``out_dim``) or ``linear`` (one linear map: with
+        ``out_dim = 1``, a ridge-like regional score).
     """
 
     def __init__(self, masks: np.ndarray | torch.Tensor, mri_channels: int, pet_channels: int,
-                 out_dim: int, dropout: float = 0.0) -> None:
+                 out_dim: int, dropout: float = 0.0, readout: str = "mlp") -> None:
         super().__init__()
+        if readout not in REGION_READOUTS:
+            raise ValueError(f"`region_readout` must be one of {', '.join(REGION_READOUTS)}, "
+                             f"got {readout!r}")
+        if int(out_dim) < 1:
+            raise ValueError(f"`region_dim` must be >= 1, got {out_dim}")
         if mri_channels not in (0, 1) or pet_channels not in (0, 1, 2) or not (
                 mri_channels + pet_channels):
             raise ValueError(
@@ -91,7 +100,10 @@ class RegionEncoder(nn.Module):
         self.mri_norm = SubjectStandardize(r * self.mri_channels) if self.mri_channels else None
         self.pet_norm = SubjectStandardize(r * self.pet_channels) if self.pet_channels else None
         width = r * (self.mri_channels + self.pet_channels) + (1 if self.pet_channels else 0)
-        self.mlp = mlp(width, [int(out_dim)], int(out_dim), float(dropout))
+        self.readout = readout
+        self.out_dim = int(out_dim)
+        self.mlp: nn.Module = (mlp(width, [self.out_dim], self.out_dim, float(dropout))
+                               if readout == "mlp" else nn.Linear(width, self.out_dim))
 
     def forward(self, images: torch.Tensor, pet_present: torch.Tensor | None = None
                 ) -> torch.Tensor:
