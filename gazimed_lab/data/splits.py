@@ -320,7 +320,8 @@ def _with_ranks(table: pd.DataFrame, manifest: str) -> pd.DataFrame:
                          f"({manifest})")
     if "split" in table.columns:
         values = table["split"].fillna("").astype(str).str.strip().str.lower()
-        per_subject = values.groupby(table["subject_id"].astype(str)).nunique()
+        filled = values != ""  # an empty cell is unknown: the subject's split applies
+        per_subject = values[filled].groupby(table["subject_id"].astype(str)[filled]).nunique()
         mixed = per_subject[per_subject > 1].index.tolist()
         if mixed:
             raise SplitError(
