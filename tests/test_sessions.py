@@ -144,6 +144,13 @@ def test_bad_sessions_are_named(sessions_cohort: Path, change: dict[str, dict[in
     assert len(info.value.problems) == 1, info.value.problems
 
 
+def test_a_session_rank_column_is_refused(sessions_cohort: Path) -> None:
+    edit_manifest(sessions_cohort, lambda f: f.assign(session_rank="0"))
+    with pytest.raises(ManifestError, match=r"`manifest column` must be a name other than "
+                                            r"`session_rank`, which the workbench computes"):
+        read_manifest(sessions_cohort)
+
+
 def test_diagnosis_and_target_may_change_over_sessions(sessions_cohort: Path) -> None:
     def convert(frame: pd.DataFrame) -> None:  # sub-000 converts: CN -> MCI -> AD
         rows = frame.index[frame["subject_id"] == "sub-000"]

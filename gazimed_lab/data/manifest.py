@@ -379,6 +379,10 @@ def validate_manifest(path: str | Path, clinical_columns: list[str] | None = Non
     clinical, ignored, found = _pick_clinical(frame, clinical_columns)
     problems += found
     sessions = "session_id" in frame.columns
+    if "session_rank" in frame.columns:  # computed from the session order (Cohort.table)
+        problems.append((0, problem("manifest column", "a name other than `session_rank`, which "
+                                    "the workbench computes from the session order",
+                                    "`session_rank`", str(path), "rename the column")))
     sids, found = _check_ids(frame, path, sessions)
     problems += found
     table = pd.DataFrame({"subject_id": sids})
