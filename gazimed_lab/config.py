@@ -23,6 +23,7 @@ __all__ = [
     "CHANNELS",
     "CLIP_ALGORITHMS",
     "DEMO_SUBJECTS",
+    "EVAL_SESSIONS",
     "IMAGE_PATHWAYS",
     "LOSSES",
     "MODES",
@@ -72,6 +73,10 @@ REGION_READOUTS: tuple[str, ...] = ("mlp", "linear")
 CLIP_ALGORITHMS: tuple[str, ...] = ("norm", "value")
 #: ``trainer.nonfinite_policy``: what a non-finite training loss does.
 NONFINITE_POLICIES: tuple[str, ...] = ("stop", "skip")
+#: ``data.eval_sessions``: which sessions of a validation or test subject are scored (a
+#: manifest with a ``session_id`` column): the first by session order (the baseline), the
+#: last, or all of them (metrics then average each subject's sessions: one value per subject).
+EVAL_SESSIONS: tuple[str, ...] = ("first", "last", "all")
 
 #: Size of the demo cohort (``make demo``, ``gazimed-lab demo`` / ``ablate``): 1000 since
 #: issue 11 (300 subjects left the image branch below a linear model on regional means).
@@ -114,6 +119,13 @@ class DataConfig:
     test_fraction: float = 0.15
     n_folds: int = 0
     fold: int = 0
+    #: With several sessions per subject (a ``session_id`` column), the sessions of a
+    #: validation or test subject that are scored (``EVAL_SESSIONS``); a training subject
+    #: trains on every session. Splits are always made by subject.
+    eval_sessions: str = "first"
+    #: A numeric manifest column that orders each subject's sessions (e.g. months since
+    #: baseline); ``None``: the natural order of ``session_id`` (ses-M000 < ses-M006 < ses-M012).
+    session_order_column: str | None = None
     augment: bool = True
     aug_prob: float = 0.5
     aug_rotate_deg: float = 5.0
@@ -448,6 +460,8 @@ def _validate(cfg: DictConfig) -> None:
          one_of(NONFINITE_POLICIES), cfg.trainer.nonfinite_policy),
         (cfg.data.cache_dtype in CACHE_DTYPES, "data.cache_dtype", one_of(CACHE_DTYPES),
          cfg.data.cache_dtype),
+        (cfg.data.eval_sessions in EVAL_SESSIONS, "data.eval_sessions", one_of(EVAL_SESSIONS),
+         cfg.data.eval_sessions),
     ]
     for ok, key, expected, got in checks:
         if not ok:

@@ -22,6 +22,7 @@ from gazimed_lab.checkpoints import check_resumable, load_checkpoint
 from gazimed_lab.config import load_config
 from gazimed_lab.data.datamodule import MNIDataModule
 from gazimed_lab.data.predict import PredictDataModule
+from gazimed_lab.data.sessions import subject_count
 from gazimed_lab.evaluation import binary_metrics, write_metrics_json, youden_threshold
 from gazimed_lab.models.lightning import AlzheimersLightningModule, flatten_predictions
 from gazimed_lab.paths import atomic_write, check_not_input
@@ -94,17 +95,21 @@ def _restore_log_before_resume(run_dir: Path, previous: pd.DataFrame | None) -> 
 def _predictions_table(
     records: list[dict[str, Any]], subjects: pd.DataFrame, split: str
 ) -> pd.DataFrame:
+    """One row per subject (and session): the records joined with the manifest's columns."""
     table = pd.DataFrame.from_records(records)
+    keys = ["subject_id", *(["session_id"] if "session_id" in subjects.columns else [])]
     # The manifest's targets as parsed there (float64), not the float32 batch copies: the
     # file shows the manifest's decimals (0.1234, not 0.12340000271797180).
-    manifest_targets = subjects.set_index("subject_id")["target"]
-    table["target"] = manifest_targets.reindex(table["subject_id"]).to_numpy(dtype=float)
-    meta = subjects[["subject_id", *[c for c in META_COLUMNS if c in subjects.columns]]]
-    table = table.merge(meta, on="subject_id", how="left", validate="one_to_one")
-    table.insert(4, "split", split)
+    manifest_targets = subjects.set_index(keys)["target"]
+    index = pd.MultiIndex.from_frame(table[keys]) if len(keys) > 1 else table["subject_id"]
+    table["target"] = manifest_targets.reindex(index).to_numpy(dtype=float)
+    meta = subjects[[*keys, *[c for c in META_COLUMNS if c in subjects.columns]]]
+    table = table.merge(meta, on=keys, how="left", validate="one_to_one")
+    table.insert(table.columns.get_loc("target") + 1, "split", split)
     if len(table) != len(subjects):
+        what = "subject and session" if len(keys) > 1 else "subject"
         raise RuntimeError(
-            f"predictions must cover every {split} subject, got {len(table)} of {len(subjects)}"
+            f"predictions must cover every {split} {what}, got {len(table)} of {len(subjects)}"
         )
     return table
 
@@ -213,9 +218,12 @@ def train_and_evaluate(
         "best_checkpoint": _relative(best, run_dir),
         "epochs": epochs,
         "fit_seconds": round(fit_seconds, 1),
-        "n_subjects": {name: len(table) for name, table in dm.splits.items()},
+        "n_subjects": {name: subject_count(table) for name, table in dm.splits.items()},
         "preset": cfg.preset,
     }
+    if dm.cohort is not None and dm.cohort.has_sessions:
+        summary["n_sessions"] = {name: len(table) for name, table in dm.splits.items()}
+        summary["eval_sessions"] = str(cfg.data.eval_sessions)
     if "val" in predictions:
         try:
             summary["youden_threshold_val"] = youden_threshold(predictions["val"])
@@ -242,7 +250,9 @@ def predict_manifest(
 
     The checkpoint carries the config and the input spec fitted at training (grid,
     normalization, clinical imputation and scaling), so nothing else is needed.
-    Targets in the manifest are optional and copied through. Scores are computed on
+    Targets in the manifest are optional and copied through. One row per manifest row
+    (per subject, or per subject and session with a ``session_id`` column, which the
+    table then carries). Scores are computed on
     ``accelerator`` (Lightning's ``auto``: a GPU when there is one), on one device.
     ``out`` may not be the manifest, the checkpoint or a directory
     (:class:`~gazimed_lab.paths.OutputPathError`, raised before any work); it is

@@ -14,7 +14,6 @@ from gazimed_lab.data.grid import get_grid, template_on_grid
 from gazimed_lab.data.images import (
     ImageError,
     brain_coverage,
-    check_same_space,
     conform_to_grid,
     load_volume,
 )
@@ -152,24 +151,3 @@ def test_shifted_fov_is_flagged(tmp_path: Path, t1_noisy: np.ndarray) -> None:
     data, _ = conform_to_grid(path, GRID, min_coverage=None)
     assert data.shape == GRID.shape
     assert brain_coverage(nib.Nifti1Image(t1_noisy, GRID.affine), GRID) > 0.99
-
-
-def test_check_same_space(t1_noisy: np.ndarray) -> None:
-    mri = nib.Nifti1Image(t1_noisy, GRID.affine)
-    check_same_space(mri, nib.Nifti1Image(t1_noisy, GRID.affine), "a.nii.gz", "b.nii.gz")
-    moved = GRID.affine.copy()
-    moved[0, 3] += 4.0
-    with pytest.raises(ImageError, match=r"`pet` must be on the same grid .* LAS origin "
-                                         r"\(82, -114, -72\) vs .*\(pet: b\.nii\.gz; "
-                                         r"mri: a\.nii\.gz\)"):
-        check_same_space(mri, nib.Nifti1Image(t1_noisy, moved), "a.nii.gz", "b.nii.gz")
-    rotated = GRID.affine.copy()
-    rotated[0, 1] = 0.01
-    with pytest.raises(ImageError, match=r"affines differ: \[\[-4\.0, 0\.01,"):
-        check_same_space(mri, nib.Nifti1Image(t1_noisy, rotated), "a.nii.gz", "b.nii.gz")
-    small = nib.Nifti1Image(t1_noisy[:20], GRID.affine)
-    with pytest.raises(ImageError, match=r"got pet \(20, 48, 40\) 4x4x4 mm LAS origin "
-                                         r"\(78, -114, -72\) vs mri \(40, 48, 40\) 4x4x4 mm "
-                                         r"LAS origin \(78, -114, -72\) "
-                                         r"\(pet: b\.nii\.gz; mri: a\.nii\.gz\)"):
-        check_same_space(mri, small, "a.nii.gz", "b.nii.gz")

@@ -66,15 +66,18 @@ def test_flags_and_errors_for_unregistered_and_odd_volumes(tiny_cohort: Path,
     assert "not registered?" in by_key[("sub-001", "pet")]
     # Uniform noise fills the field of view but holds no brain signal above its background.
     assert by_key[("sub-002", "pet")].startswith("not registered? (brain coverage 0.")
-    assert by_key[("sub-002", "pet")].endswith("; low template correlation")
+    # ... nor does it lie on the subject's MRI (MRI and PET of sub-001 moved together: agree)
+    assert by_key[("sub-002", "pet")].endswith("; low template correlation; MRI/PET disagree")
     assert by_key[("sub-003", "pet")] == "missing PET"
     assert "resampled from (40, 48, 40) 4x4x4 mm LAS origin (78, -114, 8)" in set(
         flagged["grid_action"])
 
-    assert not report.ok and len(report.errors) == 3
-    assert all("brain coverage` must be >= 0.8" in e for e in report.errors)
-    assert ["row 2, subject `sub-001`" in e for e in report.errors] == [True, True, False]
+    assert not report.ok and len(report.errors) == 4
+    assert all("brain coverage` must be >= 0.8" in e for e in report.errors[:3])
+    assert ["row 2, subject `sub-001`" in e for e in report.errors] == [True, True, False, False]
     assert "row 3, subject `sub-002`" in report.errors[2]
+    assert report.errors[3].startswith("`pet agreement with mri` must be >= 0.6")
+    assert "sub-002_pet.nii.gz; mri: " in report.errors[3] and "row 3" in report.errors[3]
     out = tmp_path / "qa"
     assert pd.read_csv(out / "qa_table.csv").shape == report.table.shape
     assert (out / "errors.txt").read_text().splitlines() == report.errors
@@ -108,28 +111,30 @@ def test_run_qa_reports_bad_volumes_once(tiny_cohort: Path) -> None:
     data[3, 3, 3] = np.nan
     write_nifti(root / "pet" / "sub-004_pet.nii.gz", data, GRID.affine)
     moved = GRID.affine.copy()
-    moved[0, 3] += 4.0
+    moved[0, 3] += 30.0  # the PET 30 mm off its MRI
     pet6 = root / "pet" / "sub-006_pet.nii.gz"
     write_nifti(pet6, nib.load(str(pet6)).get_fdata(), moved)
 
     report = run_qa(tiny_cohort)
-    assert len(report.errors) == 3, report.errors
+    assert len(report.errors) == 4, report.errors
     assert "truncated or corrupt file" in report.errors[0]
     assert "row 1, subject `sub-000`" in report.errors[0]
     assert "`pet` must be finite in every voxel, got 1 NaN/Inf" in report.errors[1]
     assert "row 5, subject `sub-004`" in report.errors[1]
-    assert "`pet` must be on the same grid" in report.errors[2]
-    assert "row 7, subject `sub-006`" in report.errors[2]
+    assert "`pet brain coverage` must be >= 0.8" in report.errors[2]
+    assert "`pet agreement with mri` must be >= 0.6" in report.errors[3]
+    assert all("row 7, subject `sub-006`" in e for e in report.errors[2:])
     flags = dict(zip(zip(report.table["row"], report.table["modality"]), report.table["flags"]))
     assert flags[(1, "mri")] == "unreadable"
     assert flags[(5, "pet")] == "non-finite voxels"
-    assert flags[(7, "pet")] == "MRI/PET grids differ"
+    assert flags[(7, "pet")].endswith("MRI/PET disagree")
     nan_row = report.table[(report.table["row"] == 5) & (report.table["modality"] == "pet")]
     assert int(nan_row["nan_count"].iloc[0]) == 1 and np.isfinite(nan_row["mean"].iloc[0])
-    # read_manifest finds the same three problems
+    # read_manifest finds the same file problems; the grid-dependent ones are QA's and
+    # training's (the manifest does not know the run's grid)
     with pytest.raises(ManifestError) as info:
         read_manifest(tiny_cohort)
-    assert info.value.problems == report.errors
+    assert info.value.problems == report.errors[:2]
 
 
 def test_run_qa_on_missing_manifest(tmp_path: Path) -> None:

@@ -50,8 +50,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Bump when preprocessing code changes in a way that changes cached arrays.
-CACHE_VERSION = "gazimed-volumes-1"
+#: Bump when preprocessing code changes in a way that changes cached arrays (or their QA
+#: records). 2: MRI and PET may lie on different grids; the pair's world-space agreement
+#: is checked and recorded (an entry of version 1 never had that check).
+CACHE_VERSION = "gazimed-volumes-2"
 
 _CONTENT_MEMO: dict[tuple[str, int, int, int, int], str] = {}
 
@@ -285,8 +287,9 @@ def cache_subjects(
         Use images flagged as probably not in MNI space (``data.accept_flagged_images``);
         otherwise they are refused, also when an earlier run cached them.
     records
-        When given, one dict per volume used is appended: ``subject_id``,
-        ``modality``, ``file``, ``grid_action`` and ``flag`` ("" when not flagged).
+        When given, one dict per volume used is appended: ``subject_id`` (and
+        ``session_id`` when the table has sessions), ``modality``, ``file``,
+        ``grid_action`` and ``flag`` ("" when not flagged; several joined by "; ").
 
     Returns
     -------
@@ -303,8 +306,11 @@ def cache_subjects(
     masks: list[np.ndarray] = []
     problems: list[str] = []
     shape = (int(channels), *grid.shape)
+    sessions = "session_id" in table.columns
     for i, row in enumerate(table.itertuples(index=False)):
         mri, sid = str(row.mri), str(row.subject_id)
+        session = {"session_id": str(row.session_id)} if sessions else {}
+        who = f"subject `{sid}`" + (f", session `{row.session_id}`" if sessions else "")
         pet = str(row.pet) if channels >= 2 and isinstance(row.pet, str) and row.pet else None
         settings = {
             "pet_reference": pet_reference if pet else None,
@@ -319,7 +325,7 @@ def cache_subjects(
                 shape,
                 functools.partial(preprocess_subject, mri, pet, grid, channels, pet_reference,
                                   sid, accept_flagged, notes),
-                info={"subject_id": sid, "mri": mri, "pet": pet or "", "qa": notes},
+                info={"subject_id": sid, **session, "mri": mri, "pet": pet or "", "qa": notes},
             )
             qa = notes if notes else cache.read_info(key).get("qa", {})
             flagged = [str(f) for f in qa.get("flagged", [])]
@@ -328,15 +334,16 @@ def cache_subjects(
         except CacheFullError:
             raise  # the same for every subject: once, not per subject
         except (ImageError, OSError) as exc:
-            problems.append(f"subject `{sid}`: {exc}")
+            problems.append(f"{who}: {exc}")
             continue
         if records is not None:
             actions = qa.get("grid_actions", {})
             for modality, file in (("mri", mri), ("pet", pet)):
                 if file and modality in actions:
-                    flag = next((f for f in flagged if f.startswith(f"`{modality} ")), "")
-                    records.append({"subject_id": sid, "modality": modality, "file": file,
-                                    "grid_action": str(actions[modality]), "flag": flag})
+                    flag = "; ".join(f for f in flagged if f.startswith(f"`{modality} "))
+                    records.append({"subject_id": sid, **session, "modality": modality,
+                                    "file": file, "grid_action": str(actions[modality]),
+                                    "flag": flag})
         paths.append(str(cache.array_path(key)))
         masks.append(np.asarray(mask, dtype=np.float32))
         if (i + 1) % 50 == 0:

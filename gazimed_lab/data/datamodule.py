@@ -22,6 +22,12 @@ A batch is a dict::
     clinical_mask      (B, F) float32            1 = observed, 0 = imputed
     targets            (B,) float32              NaN where unknown
     subject_id         list[str]
+
+With several sessions per subject (a ``session_id`` column) a row of a split is a
+session, and a batch also holds ``session_id`` (list[str]) and ``subject_index``
+((B,) int64, the subject's position in its split: the metrics average a subject's
+sessions, so no subject counts twice). The splits stay subject-level (see
+:func:`~gazimed_lab.data.splits.make_splits`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from gazimed_lab.data.clinical import ClinicalStats, align_feature_columns
 from gazimed_lab.data.grid import Grid, grid_from_config
 from gazimed_lab.data.manifest import RESERVED_COLUMNS, Cohort, read_manifest
 from gazimed_lab.data.sampling import SubjectSampler
+from gazimed_lab.data.sessions import has_sessions
 from gazimed_lab.data.spec import InputSpec
 from gazimed_lab.data.splits import (
     SPLIT_NAMES,
@@ -87,8 +94,9 @@ def build_dataset(table: pd.DataFrame, spec: InputSpec, cache: VolumeCache,
     )
     features, feature_mask = spec.clinical.transform(table, source=f"{name} split")
     targets = pd.to_numeric(table["target"], errors="coerce").to_numpy(dtype=np.float32)
+    sessions = table["session_id"].astype(str).tolist() if has_sessions(table) else None
     return VolumeDataset(arrays, masks, features, feature_mask, targets,
-                         table["subject_id"].astype(str).tolist(), augment)
+                         table["subject_id"].astype(str).tolist(), augment, sessions)
 
 
 def subject_loader(dataset: VolumeDataset, batch_size: int, num_workers: int = 0,
@@ -168,7 +176,7 @@ class MNIDataModule(pl.LightningDataModule):
         # Images are checked (all problems listed at once) when the cache is built.
         self.cohort = read_manifest(
             data.manifest, clinical_columns=names, require_targets=bool(data.require_targets),
-            check_images=False,
+            check_images=False, session_order_column=data.session_order_column,
         )
         splits = make_splits(
             self.cohort.table,
@@ -178,6 +186,7 @@ class MNIDataModule(pl.LightningDataModule):
             n_folds=int(data.n_folds),
             fold=int(data.fold),
             manifest=str(self.cohort.path),
+            eval_sessions=str(data.eval_sessions),
         )
         # Before a trainer is attached, Lightning's launcher rank (from the environment)
         # tells the processes of a multi-process run apart.
@@ -280,10 +289,11 @@ class MNIDataModule(pl.LightningDataModule):
         rank = getattr(rank_zero_only, "rank", 0)
         if not (self.trainer.is_global_zero if self.trainer else rank == 0):
             return
+        sessions = self.cohort is not None and self.cohort.has_sessions
         rows = pd.DataFrame([{"split": name, **r} for name, recs in self._image_records.items()
                              for r in recs],
-                            columns=["split", "subject_id", "modality", "file", "grid_action",
-                                     "flag"])
+                            columns=["split", "subject_id", *(["session_id"] if sessions else []),
+                                     "modality", "file", "grid_action", "flag"])
         folder = self.run_dir / "qa"
         resampled = rows[rows["grid_action"].str.startswith("resampled")]
         flagged = rows[rows["flag"] != ""]
@@ -374,6 +384,7 @@ class MNIDataModule(pl.LightningDataModule):
             dataset = VolumeDataset(
                 dataset.arrays, dataset.modality_masks, dataset.features,
                 dataset.feature_mask, dataset.targets, dataset.subject_ids, None,
+                dataset.session_ids,
             )
         return self._loader(dataset, train=augment, shared=False)
 

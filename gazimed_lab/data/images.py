@@ -11,7 +11,10 @@ already on the grid passes untouched; an image in MNI space on another grid
 (another voxel size, another orientation) is resampled by
 :func:`nilearn.image.resample_img` with its affine respected. An image whose
 field of view misses much of the MNI brain is probably not registered to MNI
-space and is rejected (or reported by :func:`brain_coverage` for QA); coverage
+space and is rejected (or reported by :func:`brain_coverage` for QA). A subject's
+MRI and PET are conformed each through its own affine, so they may come on
+different grids; :mod:`~gazimed_lab.data.agreement` checks that they lie on each
+other afterwards. Coverage
 counts voxels of the MNI brain mask that hold brain signal, above the image's
 own background, so a shifted image with a noisy or nonzero background fails too.
 """
@@ -31,7 +34,6 @@ __all__ = [
     "ImageError",
     "ImageInput",
     "brain_coverage",
-    "check_same_space",
     "check_values",
     "conform_flagged",
     "conform_loaded",
@@ -384,40 +386,3 @@ def brain_coverage(img: ImageInput, grid: Grid | str, what: str = "image") -> fl
     """
     image = load_volume(img, what)
     return conform_loaded(image, get_grid(grid))[2]
-
-
-def check_same_space(mri_img: nib.spatialimages.SpatialImage,
-                     pet_img: nib.spatialimages.SpatialImage,
-                     mri_name: str = "mri", pet_name: str = "pet", atol: float = 1e-3,
-                     where: str | None = None) -> None:
-    """Check that two volumes of one subject share shape and affine.
-
-    Parameters
-    ----------
-    mri_img, pet_img
-        The two images (nibabel).
-    mri_name, pet_name
-        Their files (or names), both quoted in the message.
-    atol
-        Absolute tolerance on affine entries (mm).
-    where
-        Location in the message; defaults to both names.
-
-    Raises
-    ------
-    ImageError
-        Naming both files, with both shapes and both affines.
-    """
-    shape_a, shape_b = tuple(mri_img.shape[:3]), tuple(pet_img.shape[:3])
-    if shape_a == shape_b and np.allclose(mri_img.affine, pet_img.affine, atol=atol):
-        return
-    desc_pet = describe_image(shape_b, pet_img.affine)
-    desc_mri = describe_image(shape_a, mri_img.affine)
-    got = f"pet {desc_pet} vs mri {desc_mri}"
-    if desc_pet == desc_mri:  # e.g. a rotation or a sub-millimetre shift
-        got += (f"; affines differ: {np.round(pet_img.affine, 3).tolist()} vs "
-                f"{np.round(mri_img.affine, 3).tolist()}")
-    raise ImageError(problem(
-        "pet", "on the same grid (shape and affine) as the subject's mri", got,
-        where or f"pet: {pet_name}; mri: {mri_name}",
-        "resample the PET onto the MRI, e.g. nilearn.image.resample_to_img(pet, mri)"))

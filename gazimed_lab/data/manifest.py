@@ -2,8 +2,10 @@
 
 Columns
 -------
-``subject_id`` (required, unique, 1-128 characters from letters, digits, ``.``,
-``_``, ``-``, starting with a letter or digit: ids become file names), ``mri``
+``subject_id`` (required, 1-128 characters from letters, digits, ``.``, ``_``, ``-``,
+starting with a letter or digit: ids become file names; unique unless the manifest
+has sessions), optional ``session_id`` (one row per subject and session, same
+character rule; see :mod:`~gazimed_lab.data.sessions`), ``mri``
 (required path), ``pet`` (required column, empty cell = no PET), ``target``
 (required score in [0, 1]; may be missing or empty with
 ``require_targets=False``), optional ``diagnosis``, ``site``, ``age``, ``sex``,
@@ -16,6 +18,11 @@ the clinical features).
 Clinical columns are the names given, or by default every other column whose
 non-empty cells are mostly numbers (``age`` included). Other columns are
 listed in :attr:`Cohort.ignored_columns`, never dropped silently.
+
+A subject's MRI and PET may lie on different grids (e.g. T1 at 1 mm, PET at 2 mm):
+each is conformed to the run's grid through its own affine, and QA and training
+check that the two agree in world space afterwards
+(:mod:`~gazimed_lab.data.agreement`).
 
 Validation collects every problem, then raises one :class:`ManifestError`
 whose message lists each problem on its own line, naming the row (1-based
@@ -33,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gazimed_lab.data.images import ImageError, check_same_space, load_volume, problem
+from gazimed_lab.data.images import ImageError, load_volume, problem
+from gazimed_lab.data.sessions import check_sessions
 from gazimed_lab.paths import SAFE_ID_RULE, check_subject_id, path_state
 
 __all__ = [
@@ -50,10 +58,10 @@ __all__ = [
 REQUIRED_COLUMNS: tuple[str, ...] = ("subject_id", "mri", "pet", "target")
 #: Columns that are never clinical features (``age`` is not among them).
 RESERVED_COLUMNS: tuple[str, ...] = (
-    "subject_id", "mri", "pet", "target", "diagnosis", "site", "sex", "split")
+    "subject_id", "session_id", "mri", "pet", "target", "diagnosis", "site", "sex", "split")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _TEXT_COLUMNS = ("diagnosis", "site", "sex", "split")
-_VERBATIM_COLUMNS = ("subject_id", "mri", "pet")
+_VERBATIM_COLUMNS = ("subject_id", "session_id", "mri", "pet")
 #: pandas' default missing-value spellings (``pd.read_csv``'s ``na_values``).
 _NA_SPELLINGS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
                  "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
@@ -72,13 +80,15 @@ class ManifestError(ValueError):
 
 @dataclass
 class Cohort:
-    """A validated cohort: one row per subject, paths absolute, features typed.
+    """A validated cohort: one row per subject (and session), paths absolute, features typed.
 
     Attributes
     ----------
     table
         Index 0..n-1, row i is data row i + 1 of the manifest. Columns:
-        ``subject_id``, ``mri`` (absolute path), ``pet`` (absolute path or ""),
+        ``subject_id``, with sessions ``session_id`` and ``session_rank`` (0 = the
+        subject's first session by session order, its baseline), ``mri`` (absolute
+        path), ``pet`` (absolute path or ""),
         ``target`` (float, NaN when unknown), ``diagnosis``, ``site``, ``age``
         (float), ``sex``, ``split`` ("" when absent), then the clinical columns
         (float, NaN when missing).
@@ -105,8 +115,13 @@ class Cohort:
 
     @property
     def subject_ids(self) -> list[str]:
-        """Subject identifiers in manifest order."""
+        """Subject identifiers in manifest order (repeated once per session)."""
         return self.table["subject_id"].tolist()
+
+    @property
+    def has_sessions(self) -> bool:
+        """Whether the manifest has a ``session_id`` column (rows are sessions)."""
+        return "session_id" in self.table.columns
 
     @property
     def has_pet(self) -> np.ndarray:
@@ -114,10 +129,13 @@ class Cohort:
         return (self.table["pet"] != "").to_numpy()
 
 
-def row_location(row: int, sid: object, file: str | None = None) -> str:
-    """Location text for messages: ``"<file>; row <n>, subject `<id>`"``."""
+def row_location(row: int, sid: object, file: str | None = None,
+                 session: object = None) -> str:
+    """Location text for messages: ``"<file>; row <n>, subject `<id>`[, session `<id>`]"``."""
     sid_text = f"`{sid}`" if isinstance(sid, str) and sid else "(empty)"
     loc = f"row {row}, subject {sid_text}"
+    if isinstance(session, str) and session:
+        loc += f", session `{session}`"
     return f"{file}; {loc}" if file else loc
 
 
@@ -213,22 +231,20 @@ def _resolve(value: str, root: Path) -> str:
 
 
 def _check_images(table: pd.DataFrame, exists: pd.DataFrame) -> list[tuple[int, str]]:
+    """Load every existing volume once (:func:`load_volume`).
+
+    MRI and PET may lie on different grids: whether they agree in world space once
+    conformed to the run's grid is checked by QA and training
+    (:mod:`~gazimed_lab.data.agreement`), which know the grid.
+    """
     problems: list[tuple[int, str]] = []
     for i, row in table.iterrows():
         r, sid = int(i) + 1, row["subject_id"]
-        loaded = {}
         for col in ("mri", "pet"):
             if not exists.at[i, col]:
                 continue
             try:
-                loaded[col] = load_volume(row[col], col, row_location(r, sid, row[col]))
-            except ImageError as exc:
-                problems.append((r, str(exc)))
-        if len(loaded) == 2:
-            try:
-                where = f"pet: {row['pet']}; mri: {row['mri']}; {row_location(r, sid)}"
-                check_same_space(loaded["mri"], loaded["pet"], row["mri"], row["pet"],
-                                 where=where)
+                load_volume(row[col], col, row_location(r, sid, row[col], row.get("session_id")))
             except ImageError as exc:
                 problems.append((r, str(exc)))
     return problems
@@ -237,7 +253,8 @@ def _check_images(table: pd.DataFrame, exists: pd.DataFrame) -> list[tuple[int, 
 Problems = list[tuple[int, str]]
 
 
-def _check_ids(frame: pd.DataFrame, path: Path) -> tuple[pd.Series, Problems]:
+def _check_ids(frame: pd.DataFrame, path: Path, sessions: bool = False
+               ) -> tuple[pd.Series, Problems]:
     problems: Problems = []
     if "subject_id" not in frame:
         return pd.Series([""] * len(frame), dtype=str), problems
@@ -250,12 +267,15 @@ def _check_ids(frame: pd.DataFrame, path: Path) -> tuple[pd.Series, Problems]:
             problems.append((i + 1, problem(
                 "subject_id", SAFE_ID_RULE, why, row_location(i + 1, sid),
                 "rename the subject (ids become file names in the run folder)")))
+    if sessions:  # a subject has one row per session (pairs are checked with the sessions)
+        return sids, problems
     for sid, group in sids[sids != ""].groupby(sids[sids != ""], sort=False):
         if len(group) > 1:
             rows = ", ".join(str(int(i) + 1) for i in group.index)
             problems.append((int(group.index[1]) + 1, problem(
                 "subject_id", "unique", f"`{sid}` in rows {rows}", str(path),
-                "give each subject one row")))
+                "give each subject one row, or add a `session_id` column for several "
+                "sessions per subject")))
     return sids, problems
 
 
@@ -334,7 +354,8 @@ def _missing_columns(frame: pd.DataFrame, path: Path, require_targets: bool
 
 
 def validate_manifest(path: str | Path, clinical_columns: list[str] | None = None,
-                      require_targets: bool = True, check_images: bool = True
+                      require_targets: bool = True, check_images: bool = True,
+                      session_order_column: str | None = None,
                       ) -> tuple[Cohort | None, list[str]]:
     """Read a manifest and collect every problem without raising.
 
@@ -357,9 +378,18 @@ def validate_manifest(path: str | Path, clinical_columns: list[str] | None = Non
     missing, problems = _missing_columns(frame, path, require_targets)
     clinical, ignored, found = _pick_clinical(frame, clinical_columns)
     problems += found
-    sids, found = _check_ids(frame, path)
+    sessions = "session_id" in frame.columns
+    if "session_rank" in frame.columns:  # computed from the session order (Cohort.table)
+        problems.append((0, problem("manifest column", "a name other than `session_rank`, which "
+                                    "the workbench computes from the session order",
+                                    "`session_rank`", str(path), "rename the column")))
+    sids, found = _check_ids(frame, path, sessions)
     problems += found
     table = pd.DataFrame({"subject_id": sids})
+    if sessions:
+        table["session_id"], table["session_rank"], found = check_sessions(
+            frame, sids, path, session_order_column)
+        problems += found
     exists = pd.DataFrame(index=table.index)
     for col in ("mri", "pet"):
         table[col], exists[col], found = _check_paths(frame, sids, path.parent, col)
@@ -386,7 +416,8 @@ def validate_manifest(path: str | Path, clinical_columns: list[str] | None = Non
 
 
 def read_manifest(path: str | Path, clinical_columns: list[str] | None = None,
-                  require_targets: bool = True, check_images: bool = True) -> Cohort:
+                  require_targets: bool = True, check_images: bool = True,
+                  session_order_column: str | None = None) -> Cohort:
     """Read and validate a cohort manifest.
 
     Parameters
@@ -399,8 +430,11 @@ def read_manifest(path: str | Path, clinical_columns: list[str] | None = None,
     require_targets
         Whether every subject needs a ``target`` (``False`` for prediction).
     check_images
-        Whether to load each volume once (:func:`~gazimed_lab.data.images.load_volume`)
-        and check that each subject's MRI and PET share shape and affine.
+        Whether to load each volume once (:func:`~gazimed_lab.data.images.load_volume`).
+    session_order_column
+        With a ``session_id`` column: a numeric column that orders each subject's
+        sessions (``data.session_order_column``); ``None``: the natural order of the
+        session ids (see :mod:`~gazimed_lab.data.sessions`).
 
     Returns
     -------
@@ -412,7 +446,8 @@ def read_manifest(path: str | Path, clinical_columns: list[str] | None = None,
     ManifestError
         Listing every problem found, one per line.
     """
-    cohort, problems = validate_manifest(path, clinical_columns, require_targets, check_images)
+    cohort, problems = validate_manifest(path, clinical_columns, require_targets, check_images,
+                                         session_order_column)
     if problems or cohort is None:
         raise ManifestError(problems, Path(path))
     return cohort

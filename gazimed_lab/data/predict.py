@@ -58,7 +58,10 @@ class PredictDataModule(pl.LightningDataModule):
 
     @property
     def subjects(self) -> pd.DataFrame:
-        """The validated manifest table (one row per subject, in manifest order)."""
+        """The validated manifest table, in manifest order.
+
+        One row per subject, or per subject and session with a ``session_id`` column.
+        """
         if self.cohort is None:
             self.cohort = read_manifest(
                 self.manifest, clinical_columns=feature_columns_for(self.spec, self.manifest),
@@ -79,5 +82,5 @@ class PredictDataModule(pl.LightningDataModule):
         _ = self.dataset
 
     def predict_dataloader(self) -> DataLoader:
-        """Every subject of the manifest, in manifest order."""
+        """Every row of the manifest (subject, or subject and session), in manifest order."""
         return subject_loader(self.dataset, self.batch_size, self.num_workers, self.pin_memory)

@@ -2,8 +2,10 @@
 
 :func:`run_qa` never raises on bad data: it records every manifest problem
 (see :class:`~gazimed_lab.data.manifest.ManifestError`) and every volume that
-would fail at training time (not registered to MNI space) as errors, and
-still tabulates every volume it can read. :func:`cohort_warnings` collects what
+would fail at training time (not registered to MNI space, or an MRI / PET pair that
+does not agree in world space once conformed: :mod:`~gazimed_lab.data.agreement`) as
+errors, and still tabulates every volume it can read. With several sessions per
+subject the tables carry ``session_id``. :func:`cohort_warnings` collects what
 is accepted but suspicious (an empty column, one file for two subjects, MRI and
 PET swapped, a constant PET, negative MRI intensities, a tiny split): QA reports
 it as warnings and training logs it (:func:`warn_cohort`). :func:`qa_main` is
@@ -22,11 +24,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from gazimed_lab.data.agreement import agreement_problem, pair_agreement
 from gazimed_lab.data.grid import Grid, get_grid, template_on_grid
 from gazimed_lab.data.images import (
     MIN_COVERAGE,
     ImageError,
-    check_same_space,
     check_values,
     conform_loaded,
     coverage_problem,
@@ -52,7 +54,8 @@ MIN_SPLIT_SIZE = 3
 MAX_NEGATIVE_FRACTION = 0.05
 _COLUMNS = [
     "row", "subject_id", "modality", "file", "grid_action", "shape", "voxel_size", "min", "mean",
-    "max", "std", "nan_count", "brain_coverage", "template_corr", "pet_mri_corr", "flags",
+    "max", "std", "nan_count", "brain_coverage", "template_corr", "pet_mri_corr",
+    "pair_fov_overlap", "pair_agreement", "flags",
 ]
 
 
@@ -65,13 +68,15 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 class _Volume:
     """One volume's QA row, conformed data, source image and error (if any)."""
 
-    def __init__(self, r: int, sid: str, modality: str, file: str) -> None:
+    def __init__(self, r: int, sid: str, modality: str, file: str, session: str = "") -> None:
         self.row: dict = {c: np.nan for c in _COLUMNS}
         self.row.update(row=r, subject_id=sid, modality=modality, file=file, grid_action="",
                         shape="", voxel_size="", flags="")
-        self.where = row_location(r, sid, file)
+        if session:
+            self.row["session_id"] = session
+        self.where = row_location(r, sid, file, session)
         self.data: np.ndarray | None = None
-        self.image: nib.spatialimages.SpatialImage | None = None
+        self.image: nib.spatialimages.SpatialImage | None = None  # the checked source
         self.errors: list[str] = []
         self.signals: dict[str, float] | None = None
 
@@ -117,7 +122,8 @@ def _inspect(vol: _Volume, grid: Grid, mask: np.ndarray,
         vol.errors.append(str(exc))
         row["flags"] = "non-finite voxels" if row["nan_count"] else "all-zero volume"
         return vol
-    data, action, coverage = conform_loaded(nib.Nifti1Image(raw, vol.image.affine), grid)
+    vol.image = nib.Nifti1Image(raw, vol.image.affine)  # what training conforms
+    data, action, coverage = conform_loaded(vol.image, grid)
     corr = _corr(data[mask], template_on_grid(_TEMPLATE_FOR[modality], grid)[mask])
     row.update(grid_action=action, brain_coverage=coverage, template_corr=corr)
     flags = []
@@ -149,27 +155,35 @@ def _qa(cohort: Cohort, grid: Grid, pet_reference: str = "whole_brain"
     mask = template_on_grid("brain_mask", grid) > 0
     rows, errors = [], []
     signals: Signals = {}
+    columns = list(_COLUMNS)
+    if cohort.has_sessions:
+        columns.insert(columns.index("subject_id") + 1, "session_id")
     for i, subject in cohort.table.iterrows():
         r, sid = int(i) + 1, subject["subject_id"]
-        mri = _inspect(_Volume(r, sid, "mri", subject["mri"]), grid, mask, pet_reference)
-        pet = _inspect(_Volume(r, sid, "pet", subject["pet"]), grid, mask, pet_reference)
+        session = str(subject.get("session_id", ""))
+        mri = _inspect(_Volume(r, sid, "mri", subject["mri"], session), grid, mask,
+                       pet_reference)
+        pet = _inspect(_Volume(r, sid, "pet", subject["pet"], session), grid, mask,
+                       pet_reference)
         errors += mri.errors + pet.errors
-        if mri.image is not None and pet.image is not None:
-            try:
-                check_same_space(mri.image, pet.image, subject["mri"], subject["pet"],
-                                 where=f"pet: {subject['pet']}; mri: {subject['mri']}; "
-                                       f"{row_location(r, sid)}")
-            except ImageError as exc:
-                errors.append(str(exc))
-                pet.row["flags"] = "; ".join(f for f in (pet.row["flags"], "MRI/PET grids differ")
-                                             if f)
         if mri.data is not None and pet.data is not None:
+            assert mri.image is not None and pet.image is not None
             corr = _corr(mri.data[mask], pet.data[mask])
             mri.row["pet_mri_corr"] = pet.row["pet_mri_corr"] = corr
+            pair = pair_agreement(mri.image, mri.data, pet.image, pet.data, grid)
+            for vol in (mri, pet):
+                vol.row.update(pair_fov_overlap=pair.fov_overlap, pair_agreement=pair.agreement)
+            found = agreement_problem(pair, grid, f"pet: {subject['pet']}; mri: "
+                                                  f"{subject['mri']}; "
+                                                  f"{row_location(r, sid, None, session)}")
+            if found is not None:  # the very check (and message) training applies
+                errors.append(found)
+                pet.row["flags"] = "; ".join(f for f in (pet.row["flags"], "MRI/PET disagree")
+                                             if f)
         rows += [mri.row, pet.row]
         signals.update({(r, v.row["modality"]): v.signals for v in (mri, pet)
                         if v.signals is not None})
-    table = pd.DataFrame(rows, columns=_COLUMNS)
+    table = pd.DataFrame(rows, columns=columns)
     flagged = (table["flags"] == "").astype(int)
     order = np.lexsort((table["modality"], table["row"], flagged))
     return table.iloc[order].reset_index(drop=True), errors, signals
@@ -190,15 +204,18 @@ def qa_table(cohort: Cohort, grid: Grid | str = "demo_4mm") -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Columns: row (1-based manifest data row), subject_id, modality, file,
+        Columns: row (1-based manifest data row), subject_id, session_id (only
+        when the manifest has sessions), modality, file,
         grid_action, shape, voxel_size, min, mean, max, std (of the finite
         source voxels), nan_count, brain_coverage, template_corr (to the MNI T1
         template for MRI, the GM template for PET, inside the brain mask, after
         conforming), pet_mri_corr (inside the brain; reported, not flagged: FDG
-        and T1 contrasts differ, so its sign and size vary) and flags
+        and T1 contrasts differ, so its sign and size vary), pair_fov_overlap and
+        pair_agreement (the subject's MRI and PET in world space after conforming,
+        on both rows: :func:`~gazimed_lab.data.agreement.pair_agreement`) and flags
         (``"; "``-separated, "" when fine: missing PET, missing file,
         unreadable, non-finite voxels, all-zero volume, not registered?, low
-        template correlation, cannot be normalized, MRI/PET grids differ).
+        template correlation, cannot be normalized, MRI/PET disagree).
         Flagged rows come first.
     """
     return _qa(cohort, get_grid(grid))[0]
@@ -234,7 +251,9 @@ def split_balance(table: pd.DataFrame | Cohort) -> pd.DataFrame:
     -------
     pandas.DataFrame
         Index: split. Columns: n, ``diagnosis=<value>``, ``site=<value>``,
-        ``sex=<value>`` counts, age_mean.
+        ``sex=<value>`` counts, age_mean. With sessions (a ``session_id`` column)
+        ``n`` counts subjects, a column ``n_sessions`` counts rows, and the other
+        counts and the mean age are over sessions.
     """
     if isinstance(table, Cohort):
         table = table.table
@@ -243,6 +262,9 @@ def split_balance(table: pd.DataFrame | Cohort) -> pd.DataFrame:
                                  f"columns {list(table.columns)}", "split_balance"))
     split = table["split"].fillna("").astype(str).replace("", "(none)")
     out = pd.DataFrame({"n": split.value_counts()})
+    if "session_id" in table:
+        out["n"] = table["subject_id"].groupby(split).nunique()
+        out["n_sessions"] = split.value_counts()
     for col in ("diagnosis", "site", "sex"):
         if col in table:
             counts = pd.crosstab(split, table[col].fillna("").astype(str).replace("", "(none)"))
@@ -302,17 +324,20 @@ def _empty_column_warnings(cohort: Cohort) -> list[str]:
 def _shared_file_warnings(cohort: Cohort) -> list[str]:
     users: dict[str, list[tuple[int, str, str]]] = {}
     for i, subject in cohort.table.iterrows():
+        who = str(subject["subject_id"])
+        if cohort.has_sessions:
+            who += f"`, session `{subject['session_id']}"
         for col in ("mri", "pet"):
             if subject[col]:
                 key = os.path.realpath(subject[col])
-                users.setdefault(key, []).append((int(i) + 1, str(subject["subject_id"]), col))
+                users.setdefault(key, []).append((int(i) + 1, who, col))
     found = []
     for file, uses in users.items():
         if len(uses) < 2:
             continue
         cols = "/".join(dict.fromkeys(c for _, _, c in uses))
         named = ", ".join(f"row {r} (subject `{sid}`, {c})" for r, sid, c in uses)
-        found.append(problem(cols, "a file of its own for each subject and modality",
+        found.append(problem(cols, "a file of its own for each subject (session) and modality",
                              f"one file used {len(uses)} times: {named}", file,
                              "check the paths in the manifest (a copied path gives the model "
                              "one image twice, and can put it in two splits)"))
@@ -358,11 +383,13 @@ def _split_warnings(cohort: Cohort, splits: dict[str, pd.DataFrame] | None) -> l
         splits = {name: cohort.table[split == name] for name in SPLITS}
     found = []
     for name, part in splits.items():
-        if 0 < len(part) < MIN_SPLIT_SIZE:
-            ids = ", ".join(f"`{s}`" for s in part["subject_id"])
+        subjects = list(dict.fromkeys(part["subject_id"]))
+        if 0 < len(subjects) < MIN_SPLIT_SIZE:
+            ids = ", ".join(f"`{s}`" for s in subjects)
             found.append(problem(
                 f"{name} split", f">= {MIN_SPLIT_SIZE} subjects",
-                f"{len(part)} subject{'s' if len(part) > 1 else ''} ({ids})", str(cohort.path),
+                f"{len(subjects)} subject{'s' if len(subjects) > 1 else ''} ({ids})",
+                str(cohort.path),
                 "add subjects, or change data.val_fraction / data.test_fraction (or the "
                 "manifest's split column); metrics on so few subjects mean little"))
     return found
@@ -431,8 +458,8 @@ class QAReport:
         True when no error was found.
     errors
         Every problem: manifest problems (row order), then volume problems (row
-        order: unreadable, non-finite, all-zero, MRI/PET grids differ, brain
-        coverage below the minimum, i.e. not registered to MNI space).
+        order: unreadable, non-finite, all-zero, brain coverage below the minimum,
+        i.e. not registered to MNI space, MRI and PET not agreeing in world space).
     table
         :func:`qa_table` (empty when the manifest could not be read at all).
     missingness
@@ -456,13 +483,15 @@ class QAReport:
 
 def run_qa(manifest: str | Path, grid: Grid | str = "demo_4mm", out_dir: str | Path | None = None,
            clinical_columns: list[str] | None = None, require_targets: bool = True,
-           pet_reference: str = "whole_brain") -> QAReport:
+           pet_reference: str = "whole_brain", session_order_column: str | None = None
+           ) -> QAReport:
     """Check a cohort end to end without raising on bad data.
 
     Every volume goes through the checks training applies (readable, finite,
-    nonzero, brain coverage, MRI/PET on one grid, and the normalization with
-    ``pet_reference``, ``data.pet_reference``), so QA reports exactly what
-    training would refuse.
+    nonzero, brain coverage, MRI and PET agreeing in world space once conformed,
+    and the normalization with ``pet_reference``, ``data.pet_reference``), so QA
+    reports exactly what training would refuse. ``session_order_column`` is
+    ``data.session_order_column`` (manifests with sessions).
 
     Writes ``qa_table.csv``, ``missingness.csv``, ``errors.txt`` (one error a
     line, empty when fine), ``warnings.txt`` (:func:`cohort_warnings`, likewise)
@@ -471,7 +500,8 @@ def run_qa(manifest: str | Path, grid: Grid | str = "demo_4mm", out_dir: str | P
     """
     grid = get_grid(grid)
     cohort, errors = validate_manifest(manifest, clinical_columns, require_targets,
-                                       check_images=False)
+                                       check_images=False,
+                                       session_order_column=session_order_column)
     table = pd.DataFrame(columns=_COLUMNS)
     miss = pd.DataFrame(columns=["feature", "n_missing", "n_observed", "fraction"])
     balance = None

@@ -1,9 +1,8 @@
 """Subject-level train / val / test splits, stratified by diagnosis (and site).
 
-Splits are made over ``subject_id`` (one manifest row per subject): the test
-set is held out first, then the rest is split into train and val, either once
-(``val_fraction``) or by stratified k-fold (``n_folds > 1``, the val set being
-fold ``fold``).
+Splits are made over ``subject_id``: the test set is held out first, then the
+rest is split into train and val, either once (``val_fraction``) or by stratified
+k-fold (``n_folds > 1``, the val set being fold ``fold``).
 
 Stratification is by class first (``target > 0.5``, the rule of the metrics):
 each class gets its proportional share of a held-out split, at least one subject
@@ -16,6 +15,12 @@ table. K-fold stratifies by class x diagnosis x site, class x diagnosis, class,
 then nothing. Equal seeds give equal splits, whatever the row order. A fixed
 ``split`` column in the manifest (``train`` / ``val`` / ``test``) is honoured as
 given.
+
+With several sessions per subject (a ``session_id`` column), the subjects are split,
+stratified by each subject's baseline session (the first by session order), and every
+session follows its subject: no subject is in two splits. A training subject keeps
+every session; a validation or test subject keeps the sessions ``data.eval_sessions``
+selects (the first by default, as ClinicaDL does; or the last, or all).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
-from gazimed_lab.config import DataConfig, SystemConfig
+from gazimed_lab.config import EVAL_SESSIONS, DataConfig, SystemConfig
+from gazimed_lab.data.sessions import RANK, has_sessions, select_sessions, session_ranks
 
 __all__ = [
     "SPLIT_COLUMNS",
@@ -43,7 +49,7 @@ log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
 #: Columns written to ``run_dir/splits/<name>.csv`` (those present in the table).
-SPLIT_COLUMNS = ("subject_id", "target", "diagnosis", "site", "age", "sex")
+SPLIT_COLUMNS = ("subject_id", "session_id", "target", "diagnosis", "site", "age", "sex")
 # make_splits' defaults are the config's (typed once, in gazimed_lab/config.py).
 _DATA, _SYSTEM = DataConfig(), SystemConfig()
 
@@ -215,13 +221,15 @@ def make_splits(
     n_folds: int = _DATA.n_folds,
     fold: int = _DATA.fold,
     manifest: str = "manifest",
+    eval_sessions: str = _DATA.eval_sessions,
 ) -> dict[str, pd.DataFrame]:
     """Split a cohort table into train / val / test at subject level.
 
     Parameters
     ----------
     table
-        One row per subject, with ``subject_id`` and ideally ``diagnosis``,
+        One row per subject (or per subject and session, with a ``session_id``
+        column), with ``subject_id`` and ideally ``diagnosis``,
         ``site`` and an optional ``split`` column (``train``/``val``/``test``;
         when filled in it is used as is).
     seed
@@ -236,27 +244,40 @@ def make_splits(
         (defaults: the config's, k-fold off).
     manifest
         Name used in error messages.
+    eval_sessions
+        With sessions: which sessions of a val or test subject are kept
+        (``first``, ``last`` or ``all``; ``data.eval_sessions``). Training subjects
+        keep all. The order is the table's ``session_rank`` (from the manifest), else
+        the natural order of the session ids.
 
     Returns
     -------
     dict of str to DataFrame
         ``{"train", "val", "test"}`` tables (rows of ``table``, sorted by
-        subject id), with a ``split`` column set to the split name.
+        subject id, then session order), with a ``split`` column set to the split name.
 
     Raises
     ------
     SplitError
-        Unknown split values, bad fold settings, or a subject in two splits.
+        Unknown split values, bad fold settings, a repeated subject (or
+        subject and session), or a subject in two splits.
     """
     if n_folds == 1 or n_folds < 0:
         raise SplitError(f"`data.n_folds` must be 0 (off) or >= 2, got {n_folds}")
     if n_folds > 1 and not 0 <= fold < n_folds:
         raise SplitError(f"`data.fold` must be in [0, {n_folds}), got {fold}")
-    ids = table["subject_id"].astype(str)
+    if eval_sessions not in EVAL_SESSIONS:
+        raise SplitError(f"`data.eval_sessions` must be one of {', '.join(EVAL_SESSIONS)}, "
+                         f"got {eval_sessions!r}")
+    sessions = has_sessions(table)
+    rows = _with_ranks(table, manifest) if sessions else table
+    subjects = rows[rows[RANK] == 0] if sessions else rows
+    ids = subjects["subject_id"].astype(str)
     dup = ids[ids.duplicated()].unique().tolist()
     if dup:
-        raise SplitError(f"`subject_id` must be unique, got repeated ids {dup[:10]} ({manifest})")
-    ordered = table.assign(_sid=ids).sort_values("_sid", kind="stable").drop(columns="_sid")
+        raise SplitError(f"`subject_id` must be unique, got repeated ids {dup[:10]} ({manifest}); "
+                         "add a `session_id` column for several sessions per subject")
+    ordered = subjects.assign(_sid=ids).sort_values("_sid", kind="stable").drop(columns="_sid")
     n = len(ordered)
 
     fixed = _fixed_splits(ordered, manifest)
@@ -280,19 +301,60 @@ def make_splits(
         name: part.sort_values("subject_id", kind="stable").assign(split=name)
         for name, part in zip(SPLIT_NAMES, (train, val, test))
     }
+    if sessions:
+        splits = _with_sessions(splits, rows, eval_sessions)
     check_disjoint(splits)
-    covered = sum(len(part) for part in splits.values())
+    covered = sum(part["subject_id"].nunique() for part in splits.values())
     if covered != n:
         raise SplitError(f"splits must cover every subject, got {covered} of {n} ({manifest})")
     return splits
 
 
+def _with_ranks(table: pd.DataFrame, manifest: str) -> pd.DataFrame:
+    """Check a session table (pairs unique, one split per subject) and rank its sessions."""
+    pairs = table["subject_id"].astype(str) + "\x00" + table["session_id"].astype(str)
+    dup = pairs[pairs.duplicated()].unique().tolist()
+    if dup:
+        shown = [p.replace("\x00", " / ") for p in dup[:10]]
+        raise SplitError(f"(subject_id, session_id) must be unique, got repeated pairs {shown} "
+                         f"({manifest})")
+    if "split" in table.columns:
+        values = table["split"].fillna("").astype(str).str.strip().str.lower()
+        filled = values != ""  # an empty cell is unknown: the subject's split applies
+        per_subject = values[filled].groupby(table["subject_id"].astype(str)[filled]).nunique()
+        mixed = per_subject[per_subject > 1].index.tolist()
+        if mixed:
+            raise SplitError(
+                f"`split` must be one value per subject across its sessions, got several for "
+                f"{mixed[:10]} ({manifest}); give every session of a subject the same split")
+    if RANK in table.columns:
+        return table
+    return table.assign(**{RANK: session_ranks(table)})
+
+
+def _with_sessions(subject_splits: dict[str, pd.DataFrame], rows: pd.DataFrame,
+                   eval_sessions: str) -> dict[str, pd.DataFrame]:
+    """Every session of each split's subjects (val / test: those ``eval_sessions`` keeps)."""
+    out = {}
+    for name, part in subject_splits.items():
+        members = rows[rows["subject_id"].astype(str).isin(set(part["subject_id"].astype(str)))]
+        if name != "train":
+            members = select_sessions(members, eval_sessions)
+        members = members.assign(_sid=members["subject_id"].astype(str)).sort_values(
+            ["_sid", RANK], kind="stable").drop(columns="_sid")
+        out[name] = members.assign(split=name)
+    return out
+
+
 def check_disjoint(splits: dict[str, pd.DataFrame]) -> None:
-    """Raise :class:`SplitError` naming every subject that is in two splits."""
+    """Raise :class:`SplitError` naming every subject that is in two splits.
+
+    A subject may have several rows (sessions) in one split.
+    """
     seen: dict[str, str] = {}
     clashes: list[str] = []
     for name, part in splits.items():
-        for sid in part["subject_id"].astype(str):
+        for sid in dict.fromkeys(part["subject_id"].astype(str)):
             if sid in seen:
                 clashes.append(f"{sid} ({seen[sid]} and {name})")
             else:

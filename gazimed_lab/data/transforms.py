@@ -1,8 +1,9 @@
 """Per-subject preprocessing, training augmentation (MONAI) and the Dataset.
 
 :func:`preprocess_subject` turns one subject's MRI (and PET) files into the
-(C, D, H, W) float32 array that is cached: load, check MRI and PET share a
-space, conform to the grid, normalize, stack the channels.
+(C, D, H, W) float32 array that is cached: load, conform each to the grid through
+its own affine (MRI and PET may come on different grids), check that the two agree
+in world space, normalize, stack the channels.
 :class:`TrainAugment` applies small random affine, intensity and noise
 transforms to that array during training only. :class:`VolumeDataset` serves
 cached arrays with their clinical features as batch items.
@@ -25,8 +26,9 @@ from monai.transforms import (
 from torch.utils.data import Dataset
 
 from gazimed_lab.config import DataConfig
+from gazimed_lab.data.agreement import agreement_problem, pair_agreement
 from gazimed_lab.data.grid import Grid
-from gazimed_lab.data.images import ImageError, check_same_space, conform_flagged, load_volume
+from gazimed_lab.data.images import ImageError, conform_flagged, load_volume
 from gazimed_lab.data.normalize import normalize_mri, normalize_pet, pet_minus_mri
 from gazimed_lab.data.sampling import derive_seed
 
@@ -76,12 +78,15 @@ def preprocess_subject(
         Subject id, added to messages.
     accept_flagged
         Use an image flagged as probably not in MNI space (brain coverage below
-        the minimum, :func:`~gazimed_lab.data.images.coverage_problem`) instead of
-        refusing it (``data.accept_flagged_images``).
+        the minimum, :func:`~gazimed_lab.data.images.coverage_problem`), or an MRI /
+        PET pair that does not agree in world space once conformed
+        (:func:`~gazimed_lab.data.agreement.agreement_problem`), instead of refusing it
+        (``data.accept_flagged_images``).
     notes
         When given, filled with ``grid_actions`` (``{"mri": action, "pet": action}``,
-        see :func:`~gazimed_lab.data.images.conform_to_grid`) and ``flagged`` (the
-        flag messages of accepted images), which the cache stores with the array.
+        see :func:`~gazimed_lab.data.images.conform_to_grid`), ``flagged`` (the
+        flag messages of accepted images) and, with a PET, ``pair`` (field-of-view
+        overlap and agreement), which the cache stores with the array.
 
     Returns
     -------
@@ -93,18 +98,21 @@ def preprocess_subject(
     Raises
     ------
     ImageError
-        From the loaders, naming the file (and both files when MRI and PET
-        are not in the same space); for a flagged image unless ``accept_flagged``.
+        From the loaders, naming the file (and both files when MRI and PET do not
+        agree in world space); for a flagged image or pair unless ``accept_flagged``.
     """
     found: dict[str, Any] = {"grid_actions": {}, "flagged": []}
 
-    def conform(img: Any, what: str, where: str) -> np.ndarray:
-        data, action, flag = conform_flagged(img, grid, what=what, where=where)
-        found["grid_actions"][what] = action
+    def flagged(flag: str | None) -> None:
         if flag is not None:
             if not accept_flagged:
                 raise ImageError(flag)
             found["flagged"].append(flag)
+
+    def conform(img: Any, what: str, where: str) -> np.ndarray:
+        data, action, flag = conform_flagged(img, grid, what=what, where=where)
+        found["grid_actions"][what] = action
+        flagged(flag)
         return data
 
     pet_path = pet if channels >= 2 and pet else None  # None: no PET used
@@ -117,8 +125,10 @@ def preprocess_subject(
     if channels >= 2:
         if pet_path is not None:
             pet_img = load_volume(pet_path, what="pet", where=f"{pet}{tag}")
-            check_same_space(mri_img, pet_img, str(mri), str(pet))
             pet_arr = conform(pet_img, "pet", f"{pet}{tag}")
+            pair = pair_agreement(mri_img, mri_arr, pet_img, pet_arr, grid)
+            found["pair"] = {"fov_overlap": pair.fov_overlap, "agreement": pair.agreement}
+            flagged(agreement_problem(pair, grid, f"pet: {pet}; mri: {mri}{tag}"))
             pet_n = _named(normalize_pet, f"{pet}{tag}", pet_arr, grid, pet_reference)
         else:
             pet_n = np.zeros(grid.shape, dtype=np.float32)
@@ -260,6 +270,11 @@ class VolumeDataset(Dataset):
         N subject ids.
     augment
         Training augmentation, or None (val / test / predict).
+    session_ids
+        N session ids when the manifest has sessions (rows are sessions), else None.
+        Items then also hold ``session_id`` and ``subject_index`` (the position of the
+        item's subject among the dataset's distinct subjects), which the metrics use
+        to average a subject's sessions.
 
     Items are indexed by subject position, or by ``(epoch, index)`` (what
     :class:`~gazimed_lab.data.sampling.SubjectSampler` yields in training): the
@@ -275,6 +290,7 @@ class VolumeDataset(Dataset):
         targets: np.ndarray,
         subject_ids: list[str],
         augment: TrainAugment | None = None,
+        session_ids: list[str] | None = None,
     ) -> None:
         self.arrays = list(arrays)
         self.modality_masks = np.asarray(modality_masks, dtype=np.float32).reshape(-1, 2)
@@ -283,6 +299,9 @@ class VolumeDataset(Dataset):
         self.targets = np.asarray(targets, dtype=np.float32)
         self.subject_ids = [str(s) for s in subject_ids]
         self.augment = augment
+        self.session_ids = None if session_ids is None else [str(s) for s in session_ids]
+        first: dict[str, int] = {}
+        self.subject_index = [first.setdefault(s, len(first)) for s in self.subject_ids]
 
     def __len__(self) -> int:
         return len(self.arrays)
@@ -297,7 +316,7 @@ class VolumeDataset(Dataset):
             if epoch is not None:
                 self.augment.reseed(epoch, index)
             image = self.augment(image, mask)
-        return {
+        item: dict[str, Any] = {
             "images": image,
             "modality_mask": mask,
             "clinical_features": torch.from_numpy(self.features[index].copy()),
@@ -305,3 +324,7 @@ class VolumeDataset(Dataset):
             "targets": torch.tensor(self.targets[index], dtype=torch.float32),
             "subject_id": self.subject_ids[index],
         }
+        if self.session_ids is not None:
+            item["session_id"] = self.session_ids[index]
+            item["subject_index"] = torch.tensor(self.subject_index[index], dtype=torch.int64)
+        return item

@@ -1,7 +1,8 @@
 """Evaluation: the predictions table, metrics with bootstrap CIs, calibration, subgroups, runs.
 
 Conventions: the binary truth is ``target > 0.5``; a subject is predicted AD when
-``score > threshold``
+``score > threshold``; a subject scored on several sessions counts once (its sessions
+averaged, see ``per_subject``)
 (the torchmetrics rule the model uses). Every function taking a predictions table also accepts a
 CSV path or a run folder (see ``read_predictions``).
 
@@ -40,6 +41,7 @@ from gazimed_lab.evaluation.metrics import (
 from gazimed_lab.evaluation.predictions import (
     PredictionsError,
     binary_truth,
+    per_subject,
     read_predictions,
 )
 from gazimed_lab.evaluation.runs import (
@@ -67,6 +69,7 @@ __all__ = [
     "metric_value",
     "metrics_table",
     "paired_bootstrap",
+    "per_subject",
     "pr_curve_ci",
     "read_predictions",
     "read_training_log",

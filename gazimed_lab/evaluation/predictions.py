@@ -3,6 +3,11 @@
 Columns: ``subject_id``, ``target`` (float in [0, 1]), ``score`` (float in
 [0, 1]), ``label`` (0/1 at the run's threshold), ``split`` and, when known,
 ``diagnosis``, ``site``, ``age``, ``sex``. The binary truth is ``target > 0.5``.
+
+With several sessions per subject the table has a ``session_id`` column and a row per
+scored session. Subject-level metrics never count a subject twice: :func:`read_predictions`
+(which every metric, bootstrap and dashboard function reads through) averages each
+subject's sessions into one row first (:func:`per_subject`: mean score, mean target).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ __all__ = [
     "PredictionsError",
     "PredictionsLike",
     "binary_truth",
+    "per_subject",
     "read_predictions",
 ]
 
@@ -79,6 +85,31 @@ def _check_unit_interval(
     )
 
 
+def per_subject(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per subject: a subject's sessions averaged (metrics count subjects once).
+
+    A table without ``session_id``, or whose subjects all have one row, is returned
+    unchanged. Otherwise each subject's rows become one: ``score`` and ``target`` are
+    the means over its sessions (so the binary truth is ``mean target > 0.5`` and a
+    subject is predicted AD when its mean score is above the threshold), ``label`` is
+    ``mean score > 0.5``, ``session_id`` lists the sessions averaged (``;``-separated),
+    ``n_sessions`` counts them, and the other columns keep the subject's first row.
+    Subjects keep the order of their first row.
+    """
+    if "session_id" not in df.columns or not df["subject_id"].duplicated().any():
+        return df
+    groups = df.groupby("subject_id", sort=False)
+    out = groups.first()
+    out["score"] = groups["score"].mean()
+    out["target"] = groups["target"].mean()
+    out["label"] = (out["score"] > 0.5).astype(int)
+    out["session_id"] = groups["session_id"].agg(lambda s: ";".join(map(str, s)))
+    out["n_sessions"] = groups.size()
+    out = out.reset_index()[[*df.columns, "n_sessions"]]
+    out.attrs.update(df.attrs, n_rows=len(df))
+    return out
+
+
 def read_predictions(
     path_or_df: PredictionsLike,
     split: str = "test",
@@ -102,7 +133,9 @@ def read_predictions(
     pandas.DataFrame
         A copy with ``target`` and ``score`` as float, ``label`` as int (derived
         as ``score > 0.5`` when absent) and a ``split`` column; ``df.attrs["source"]``
-        names where it came from.
+        names where it came from. With sessions (a ``session_id`` column, a subject
+        in several rows) one row per subject, its sessions averaged
+        (:func:`per_subject`; ``attrs["n_rows"]`` keeps the number of rows read).
 
     Raises
     ------
@@ -119,7 +152,7 @@ def read_predictions(
         path = _resolve_path(Path(path_or_df), split)
         source = str(path)
         try:
-            df = pd.read_csv(path, dtype={"subject_id": str})
+            df = pd.read_csv(path, dtype={"subject_id": str, "session_id": str})
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise PredictionsError(
                 f"predictions file must be a readable CSV, got an error: {exc} ({source})"
@@ -155,7 +188,18 @@ def read_predictions(
         df["label"] = (df["score"] > 0.5).astype(int)
     if "split" not in df.columns:
         df["split"] = split
+    if "session_id" in df.columns:
+        df["session_id"] = df["session_id"].astype(str)
+        pairs = df["subject_id"] + "\x00" + df["session_id"]
+        if pairs.duplicated().any():
+            row = int(np.flatnonzero(pairs.duplicated().to_numpy())[0])
+            raise PredictionsError(
+                f"(`subject_id`, `session_id`) must be unique, got subject "
+                f"{df['subject_id'].iloc[row]}, session {df['session_id'].iloc[row]} again "
+                f"{_where(source, row + 1)}")
     df = df.reset_index(drop=True)
+    df.attrs["source"] = source
+    df = per_subject(df)
     df.attrs["source"] = source
     return df
 

@@ -343,39 +343,43 @@ class AlzheimersLightningModule(pl.LightningModule):
                 )
             self.skipped_nonfinite += 1
             return None  # Lightning skips backward and the optimizer step
-        self.train_metrics.update(scores, batch["targets"])
+        self.train_metrics.update(scores, batch["targets"], batch.get("subject_index"))
         self._log_loss("train", loss, len(scores))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Loss and metric update of one validation batch."""
         loss, scores = self._step(batch, "val")
-        self.val_metrics.update(scores, batch["targets"])
+        self.val_metrics.update(scores, batch["targets"], batch.get("subject_index"))
         self._log_loss("val", loss, len(scores))
         return loss
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Loss and metric update of one test batch."""
         loss, scores = self._step(batch, "test")
-        self.test_metrics.update(scores, batch["targets"])
+        self.test_metrics.update(scores, batch["targets"], batch.get("subject_index"))
         self._log_loss("test", loss, len(scores))
         return loss
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int,
                      dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """Per-subject records ``{subject_id, score, label, target}``.
+        """Per-row records ``{subject_id, [session_id,] score, label, target}``.
 
         ``label`` is 1 when ``score > optim.threshold`` (the torchmetrics rule);
-        ``target`` is NaN when unknown.
+        ``target`` is NaN when unknown; ``session_id`` only when the batch has sessions.
         """
         scores = self(batch).detach().float().cpu().tolist()
         targets = batch.get("targets")
         targets = [math.nan] * len(scores) if targets is None else targets.float().cpu().tolist()
-        return [
-            {"subject_id": str(sid), "score": float(s), "label": int(s > self.threshold),
-             "target": float(t)}
-            for sid, s, t in zip(batch["subject_id"], scores, targets)
-        ]
+        sessions = batch.get("session_id")
+        records = []
+        for i, (sid, s, t) in enumerate(zip(batch["subject_id"], scores, targets)):
+            record: dict[str, Any] = {"subject_id": str(sid)}
+            if sessions is not None:
+                record["session_id"] = str(sessions[i])
+            record.update(score=float(s), label=int(s > self.threshold), target=float(t))
+            records.append(record)
+        return records
 
     def _log_epoch(self, stage: str) -> None:
         metrics = self.metrics(stage)
