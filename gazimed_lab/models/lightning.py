@@ -10,6 +10,7 @@ are saved in the hyperparameters, hence in every checkpoint: the resolved config
 from __future__ import annotations
 
 import dataclasses
+import logging
 import difflib
 import inspect
 import math
@@ -33,6 +34,8 @@ from gazimed_lab.models.network import build_network
 from gazimed_lab.models.optim import build_optimizer
 
 __all__ = ["AlzheimersLightningModule", "flatten_predictions", "resolve_config", "resolve_spec"]
+
+log = logging.getLogger(__name__)
 
 _SECTIONS = ("model", "optim", "trainer", "data", "system")
 #: Keywords of the reference design that describe the data, not a config field.
@@ -395,6 +398,21 @@ class AlzheimersLightningModule(pl.LightningModule):
         """
         torch.manual_seed(derive_seed(int(self.cfg.system.seed), self.current_epoch,
                                       batch_idx, self.global_rank))
+
+    def on_train_start(self) -> None:
+        """Fit the network's statistics of fixed input features once, on the training batches.
+
+        The regions pathway standardizes its regional means with the training split's
+        mean and variance (:meth:`~gazimed_lab.models.network.MultimodalAlzheimersNet.fit_statistics`),
+        fitted here before the first epoch; a resumed run reads them from its checkpoint.
+        """
+        if self._custom is not None or not getattr(self.model, "needs_statistics", False):
+            return
+        loader = self.trainer.train_dataloader
+        keys = ("images", "modality_mask")
+        n = self.model.fit_statistics(  # type: ignore[operator]
+            {k: batch[k].to(self.device) for k in keys if k in batch} for batch in loader)
+        log.info("fitted the regions pathway's standardization on %d training subjects", n)
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's training metrics and skipped-batch count."""

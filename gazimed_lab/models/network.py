@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -205,6 +205,32 @@ class MultimodalAlzheimersNet(nn.Module):
                 "image": nn.Linear(self.image_width, 1),
                 "clinical": nn.Linear(int(clinical_out_dim), 1),
             })
+
+    # -------------------------------------------------- fitted input statistics
+    @property
+    def needs_statistics(self) -> bool:
+        """Whether :meth:`fit_statistics` must run before training (regions pathway)."""
+        return self.region_encoder is not None and not self.region_encoder.fitted
+
+    def fit_statistics(self, batches: Iterable[Mapping[str, Any]]) -> int:
+        """Fit the regions pathway's standardization on training batches; return the subjects.
+
+        ``batches`` yield dicts with ``images`` and ``modality_mask`` (the data module's
+        batches); the PET statistics use the subjects whose PET is present. The
+        LightningModule calls this once, before the first training epoch.
+        """
+        encoder = self.region_encoder
+        if encoder is None:
+            return 0
+
+        def pairs() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+            for batch in batches:
+                images = self._check_images(batch["images"])
+                mask = batch.get("modality_mask")
+                present = (mask[:, 1] > 0.5) if self.pet_channels and mask is not None else None
+                yield images[:, self.first_channel:], present
+
+        return encoder.fit_statistics(pairs())
 
     # ------------------------------------------------------------------ forward
     def _check_images(self, images: torch.Tensor | None) -> torch.Tensor:

@@ -4,13 +4,16 @@ Alzheimer's effects are regional (medial temporal atrophy, posterior cingulate a
 temporoparietal hypometabolism), and on MNI-space data a linear model on a handful
 of regional means is a strong baseline. :class:`RegionEncoder` gives the network
 that view directly: each channel's mean in each atlas region (a fixed, normalized
-mask matrix, rebuilt from the grid and not saved in checkpoints), standardized
-across subjects (:class:`~gazimed_lab.models.standardize.SubjectStandardize`), then
-an MLP. A subject without PET has its PET region features replaced by the mean
+mask matrix, rebuilt from the grid and not saved in checkpoints), standardized with
+the training split's statistics
+(:class:`~gazimed_lab.models.standardize.FittedStandardize`, fitted once before the
+first epoch), then a readout: an MLP, or one linear map (``readout="linear"``). A subject without PET has its PET region features replaced by the mean
 (0 after standardization) and a presence flag; its PET tensor is never read.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -18,7 +21,7 @@ from torch import nn
 
 from gazimed_lab.config import REGION_READOUTS
 from gazimed_lab.models.clinical import mlp
-from gazimed_lab.models.standardize import SubjectStandardize
+from gazimed_lab.models.standardize import FittedStandardize
 
 __all__ = ["RegionEncoder", "RegionPooling"]
 
@@ -97,13 +100,40 @@ class RegionEncoder(nn.Module):
         self.pool = RegionPooling(masks)
         r = self.pool.n_regions
         self.mri_channels, self.pet_channels = int(mri_channels), int(pet_channels)
-        self.mri_norm = SubjectStandardize(r * self.mri_channels) if self.mri_channels else None
-        self.pet_norm = SubjectStandardize(r * self.pet_channels) if self.pet_channels else None
+        self.mri_norm = FittedStandardize(r * self.mri_channels) if self.mri_channels else None
+        self.pet_norm = FittedStandardize(r * self.pet_channels) if self.pet_channels else None
         width = r * (self.mri_channels + self.pet_channels) + (1 if self.pet_channels else 0)
         self.readout = readout
         self.out_dim = int(out_dim)
         self.mlp: nn.Module = (mlp(width, [self.out_dim], self.out_dim, float(dropout))
                                if readout == "mlp" else nn.Linear(width, self.out_dim))
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the standardization statistics have been fitted (:meth:`fit_statistics`)."""
+        return all(bool(n.fitted) for n in (self.mri_norm, self.pet_norm) if n is not None)
+
+    def fit_statistics(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> int:
+        """Fit the standardization on ``(images, pet_present)`` batches; return the subjects.
+
+        The mean and variance of each regional mean over every subject of ``batches``
+        (the PET ones over the subjects with PET), all-reduced over processes.
+        """
+        norms = [n for n in (self.mri_norm, self.pet_norm) if n is not None]
+        for norm in norms:
+            norm.begin_fit()
+        with torch.no_grad():
+            for images, pet_present in batches:
+                means = self.pool(images)
+                if self.mri_norm is not None:
+                    self.mri_norm.accumulate(means[:, 0])
+                if self.pet_norm is not None:
+                    pet = means[:, self.mri_channels:].flatten(1)
+                    if pet_present is not None:
+                        pet = pet[pet_present.to(torch.bool)]
+                    self.pet_norm.accumulate(pet)
+        counts = [norm.end_fit() for norm in norms]
+        return counts[0]
 
     def forward(self, images: torch.Tensor, pet_present: torch.Tensor | None = None
                 ) -> torch.Tensor:
