@@ -63,7 +63,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print("paired AUROC differences (a - b):")
         diff = result.differences[["model_a", "model_b", "difference", "low", "high"]]
         print(diff.round(3).to_string(index=False))
-    print(f"wrote {args.out}")
+    if args.maps:
+        from gazimed_lab.evaluation.external import named_models
+        from gazimed_lab.evaluation.maps import group_maps, write_group_maps
+        from gazimed_lab.paths import output_path, safe_name
+
+        for name, ckpt in named_models(args.ckpt):
+            maps = group_maps(ckpt, args.manifest, group=args.maps,
+                              max_subjects=args.maps_subjects)
+            folder = write_group_maps(maps, output_path(args.out, "maps", safe_name(name)))
+            print(f"{name}: {args.maps} group maps ({maps.n_subjects} subjects) in {folder}")
+            if maps.localization is not None:
+                print(maps.localization.round(3).to_string(index=False))
     return 0
 
 
@@ -145,6 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5,
                    help="decision threshold of the threshold metrics")
     p.add_argument("--no-figures", action="store_true", help="write the tables only")
+    p.add_argument("--maps", metavar="GROUP", default=None,
+                   help="also write each checkpoint's integrated-gradients maps averaged over "
+                        "this diagnosis group (e.g. AD), scored against truth/ when present")
+    p.add_argument("--maps-subjects", type=int, default=60,
+                   help="at most this many subjects of the group")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("ablate", help="clinical / MRI / PET / MRI+PET / all on one split")

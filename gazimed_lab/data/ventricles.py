@@ -44,7 +44,7 @@ def lateral_ventricles() -> np.ndarray:
     brain = template_on_grid("brain_mask", grid) > 0.5
     csf = np.clip(template_on_grid("brain_mask", grid) - template_on_grid("gm", grid)
                   - template_on_grid("wm", grid), 0.0, 1.0)
-    depth = max(1, int(round(DEPTH_MM / grid.voxel_size[0])))
+    depth = max(1, round(DEPTH_MM / grid.voxel_size[0]))
     deep = (csf > 0.5) & ndimage.binary_erosion(brain, iterations=depth)
     labels, n = ndimage.label(deep)
     if n < 2:  # pragma: no cover - a property of the shipped template

@@ -49,6 +49,7 @@ __all__ = [
     "ORACLE_REFERENCE",
     "ExternalEvaluation",
     "evaluate_external",
+    "named_models",
     "parse_named",
     "plot_auroc_comparison",
     "plot_model_dashboard",
@@ -106,8 +107,14 @@ def _unique(name: str, taken: set[str]) -> str:
     return out
 
 
-def _named(items: Mapping[str, Any] | Sequence[Any] | None, taken: set[str]
-           ) -> list[tuple[str, Any]]:
+def named_models(items: Mapping[str, Any] | Sequence[Any] | None,
+                 taken: set[str] | None = None) -> list[tuple[str, Any]]:
+    """``(name, value)`` pairs of a mapping or of ``[NAME=]PATH`` strings, names checked.
+
+    A path without a name is named by :func:`_default_name` (its run folder); names must
+    be unique (also against ``taken``, which collects them).
+    """
+    taken = set() if taken is None else taken
     if items is None:
         return []
     if isinstance(items, Mapping):
@@ -394,8 +401,8 @@ def evaluate_external(
     if not manifest.is_file():
         raise FileNotFoundError(f"`manifest` must be an existing CSV file, got {manifest}")
     taken: set[str] = set()
-    ckpts = _named(checkpoints, taken)
-    given = _named(predictions, taken)
+    ckpts = named_models(checkpoints, taken)
+    given = named_models(predictions, taken)
     if not ckpts and not given:
         raise ValueError("evaluation needs at least one model: a checkpoint (--ckpt) or a "
                          "predictions table (--predictions NAME=CSV), got none")

@@ -10,9 +10,9 @@ are saved in the hyperparameters, hence in every checkpoint: the resolved config
 from __future__ import annotations
 
 import dataclasses
-import logging
 import difflib
 import inspect
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -403,12 +403,15 @@ class AlzheimersLightningModule(pl.LightningModule):
         """Fit the network's statistics of fixed input features once, on the training batches.
 
         The regions pathway standardizes its regional means with the training split's
-        mean and variance (:meth:`~gazimed_lab.models.network.MultimodalAlzheimersNet.fit_statistics`),
-        fitted here before the first epoch; a resumed run reads them from its checkpoint.
+        mean and variance (``MultimodalAlzheimersNet.fit_statistics``), fitted here
+        before the first epoch; a resumed run reads them from its checkpoint.
         """
         if self._custom is not None or not getattr(self.model, "needs_statistics", False):
             return
         loader = self.trainer.train_dataloader
+        if loader is None:
+            raise RuntimeError("the regions pathway must see the training batches to fit its "
+                               "standardization, got no train dataloader")
         keys = ("images", "modality_mask")
         n = self.model.fit_statistics(  # type: ignore[operator]
             {k: batch[k].to(self.device) for k in keys if k in batch} for batch in loader)

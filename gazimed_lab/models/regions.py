@@ -7,8 +7,9 @@ that view directly: each channel's mean in each atlas region (a fixed, normalize
 mask matrix, rebuilt from the grid and not saved in checkpoints), standardized with
 the training split's statistics
 (:class:`~gazimed_lab.models.standardize.FittedStandardize`, fitted once before the
-first epoch), then a readout: an MLP, or one linear map (``readout="linear"``). A subject without PET has its PET region features replaced by the mean
-(0 after standardization) and a presence flag; its PET tensor is never read.
+first epoch), then a readout: an MLP, or one linear map (``readout="linear"``). A
+subject without PET has its PET region features replaced by the mean (0 after
+standardization) and a presence flag; its PET tensor is never read.
 """
 
 from __future__ import annotations

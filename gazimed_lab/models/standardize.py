@@ -14,6 +14,8 @@ is why the trainer does not convert the network with ``sync_batchnorm``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -100,11 +102,11 @@ class FittedStandardize(SubjectStandardize):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self._sums: list[torch.Tensor] | None = None
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:  # type: ignore[override]
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         # Checkpoints written before ``fitted`` existed hold a trained model's running
         # statistics: read them as fitted.
         state_dict.setdefault(prefix + "fitted", torch.ones((), dtype=torch.bool))
-        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[arg-type]
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Standardize ``x`` with the fitted statistics (batch ones until fitted)."""
