@@ -352,3 +352,15 @@ def test_cli_manifest_prints_what_it_could_not_pair(caps: Path, tmp_path: Path,
     assert "must go with --caps" in capsys.readouterr().err
     assert main(["manifest", "--out", str(tmp_path / "x.csv")]) == 2
     assert "one of --caps CAPS_DIR or --root DIR" in capsys.readouterr().err
+
+
+def test_benchmark_tree_is_read_completely(tmp_path: Path) -> None:
+    from benchmarks.sources import make_caps_tree, run
+
+    caps, tsv = make_caps_tree(tmp_path / "caps", n_subjects=3, n_sessions=2)
+    result = manifest_from_caps(caps, tmp_path / "m.csv", tsv)
+    assert len(result.table) == 6 and (result.table["pet"] != "").all()
+    assert set(result.report["kind"]) == {"ignored_file"}  # only the cropped copies
+    assert len(result.report) == 12 and result.report["detail"].str.contains("uncropped").all()
+    timed = run(n_subjects=2, n_sessions=1, repeats=1, work=tmp_path)
+    assert timed["rows"] == 2 and len(timed["caps_seconds"]) == len(timed["pattern_seconds"]) == 1
