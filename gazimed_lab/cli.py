@@ -97,6 +97,38 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from gazimed_lab.config import available_presets, load_config
+    from gazimed_lab.cv import run_cv
+
+    fixed = [o for o in args.overrides if o.split("=", 1)[0].strip() in ("data.n_folds",
+                                                                         "data.fold")]
+    if fixed:
+        raise ValueError(f"`cv` sets data.n_folds and data.fold itself, got {fixed}; use "
+                         "--folds K and drop the override")
+    overrides = list(args.overrides)
+    manifest = args.manifest
+    named = any(o.split("=", 1)[0].strip() == "data.manifest" for o in overrides)
+    if manifest is None and not named and args.config in available_presets():
+        from gazimed_lab.data.synthetic import demo_cohort
+
+        manifest = demo_cohort(n_subjects=DEMO_SUBJECTS)  # as `ablate`: the demo cohort
+        print(f"cohort: the demo cohort {manifest} (--manifest to choose another)")
+    if manifest is not None:
+        overrides.append(f"data.manifest={manifest}")
+    cfg = load_config(args.config, overrides)
+    print(f"{args.folds}-fold cross-validation of {cfg.data.manifest} into {args.run_dir}",
+          flush=True)
+    result = run_cv(cfg, args.folds, run_dir=args.run_dir, n_boot=args.n_boot, seed=args.seed,
+                    overwrite=args.overwrite)
+    folds = result.summary.folds
+    columns = ["fold", "split", "n", "auroc", "balanced_accuracy", "mae", "epochs"]
+    print(folds[columns].round(3).to_string(index=False))
+    print(result.summary.text())
+    print(f"cv run folder: {result.run_dir} ({result.seconds:.0f} s for this call)")
+    return 0
+
+
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from gazimed_lab.ablation import run_ablations
     from gazimed_lab.data.synthetic import demo_cohort
@@ -203,6 +235,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="decision threshold of the threshold metrics")
     p.add_argument("--no-figures", action="store_true", help="write the tables only")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "cv", help="k-fold cross-validation: every fold trained, per-fold, pooled out-of-fold "
+        "and test-ensemble metrics",
+        description="Hold the test split out once, train one run per fold of the rest "
+        "(RUN_DIR/folds/<k>/), then write per-fold metrics, mean +- sd across folds, pooled "
+        "out-of-fold metrics and the test-split ensemble (mean of the fold models' scores) with "
+        "bootstrap CIs. Rerunning the same command continues an interrupted run.")
+    p.add_argument("--config", default="cpu-demo", help="preset name or YAML path")
+    p.add_argument("--folds", type=int, required=True, help="number of folds K (>= 2)")
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="cohort (default: the config's data.manifest; with a preset name and "
+                        "no data.manifest override, the generated demo cohort)")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/cv"))
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the CIs")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--overwrite", action="store_true", help="restart a cv run in --run-dir")
+    p.set_defaults(func=_cmd_cv)
 
     p = sub.add_parser("ablate", help="clinical / MRI / PET / MRI+PET / all on one split")
     p.add_argument("--manifest", type=Path, default=None,

@@ -14,6 +14,7 @@ from gazimed_lab.viz.cohort import (
     plot_split_balance,
 )
 from gazimed_lab.viz.curves import plot_learning_curves, plot_pr, plot_roc
+from gazimed_lab.viz.cv import plot_cv_folds
 from gazimed_lab.viz.dashboards import (
     plot_calibration,
     plot_confusion,
@@ -42,6 +43,7 @@ __all__ = [
     "plot_brain_outline_on_template",
     "plot_calibration",
     "plot_confusion",
+    "plot_cv_folds",
     "plot_feature_distributions",
     "plot_learning_curves",
     "plot_map_on_template",
