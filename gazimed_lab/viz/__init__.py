@@ -22,6 +22,7 @@ from gazimed_lab.viz.dashboards import (
     plot_run_comparison,
     plot_subgroups,
 )
+from gazimed_lab.viz.regions import plot_region_outliers, plot_region_report
 from gazimed_lab.viz.slices import (
     as_image,
     image_brain_mask,
@@ -53,6 +54,8 @@ __all__ = [
     "plot_pet_on_mri",
     "plot_pr",
     "plot_pred_vs_true",
+    "plot_region_outliers",
+    "plot_region_report",
     "plot_roc",
     "plot_run_comparison",
     "plot_score_distribution",
