@@ -1,4 +1,4 @@
-"""The ``gazimed-lab`` command: synth, qa, train, predict, evaluate, ablate, pipeline, demo."""
+"""The ``gazimed-lab`` command: synth, manifest, qa, train, predict, evaluate, cv, ablate, ..."""
 
 from __future__ import annotations
 
@@ -18,6 +18,36 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         args.out_dir, n_subjects=args.n_subjects, seed=args.seed, grid=args.grid
     )
     print(f"wrote {args.n_subjects} subjects: {manifest}")
+    return 0
+
+
+def _cmd_manifest(args: argparse.Namespace) -> int:
+    from gazimed_lab.data.source_table import parse_target_map
+    from gazimed_lab.data.sources import manifest_from_caps, manifest_from_pattern
+
+    if (args.caps is None) == (args.root is None):
+        raise ValueError("`manifest` must be given one of --caps CAPS_DIR or --root DIR (with "
+                         "--mri and --pet patterns), got "
+                         f"{'both' if args.caps is not None else 'neither'}")
+    options = {"target": args.target, "target_map": parse_target_map(args.target_map),
+               "session": args.session, "overwrite": args.overwrite}
+    if args.caps is not None:
+        if args.mri or args.pet:
+            raise ValueError("`--mri` / `--pet` patterns must go with --root, got them with "
+                             "--caps (a CAPS folder has its own file names)")
+        result = manifest_from_caps(args.caps, args.out, args.tsv, tracer=args.tracer,
+                                    suvr=args.suvr, cropped=args.cropped, **options)
+    else:
+        if args.suvr or args.cropped or args.tracer != "18FFDG":
+            raise ValueError("`--tracer` / `--suvr` / `--cropped` must go with --caps, got "
+                             "them with --root (put the tracer or region in the --pet pattern)")
+        if not args.mri:
+            raise ValueError("`--mri` must give the T1 pattern with --root, got none; e.g. "
+                             "--mri '{subject}/anat/{subject}_T1_mni.nii.gz'")
+        result = manifest_from_pattern(args.root, args.out, args.mri, args.pet, args.tsv,
+                                       **options)
+    print(result.summary())
+    print(f"next: gazimed-lab qa {args.out}")
     return 0
 
 
@@ -78,6 +108,38 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from gazimed_lab.config import available_presets, load_config
+    from gazimed_lab.cv import run_cv
+
+    fixed = [o for o in args.overrides if o.split("=", 1)[0].strip() in ("data.n_folds",
+                                                                         "data.fold")]
+    if fixed:
+        raise ValueError(f"`cv` sets data.n_folds and data.fold itself, got {fixed}; use "
+                         "--folds K and drop the override")
+    overrides = list(args.overrides)
+    manifest = args.manifest
+    named = any(o.split("=", 1)[0].strip() == "data.manifest" for o in overrides)
+    if manifest is None and not named and args.config in available_presets():
+        from gazimed_lab.data.synthetic import demo_cohort
+
+        manifest = demo_cohort(n_subjects=DEMO_SUBJECTS)  # as `ablate`: the demo cohort
+        print(f"cohort: the demo cohort {manifest} (--manifest to choose another)")
+    if manifest is not None:
+        overrides.append(f"data.manifest={manifest}")
+    cfg = load_config(args.config, overrides)
+    print(f"{args.folds}-fold cross-validation of {cfg.data.manifest} into {args.run_dir}",
+          flush=True)
+    result = run_cv(cfg, args.folds, run_dir=args.run_dir, n_boot=args.n_boot, seed=args.seed,
+                    overwrite=args.overwrite)
+    folds = result.summary.folds
+    columns = ["fold", "split", "n", "auroc", "balanced_accuracy", "mae", "epochs"]
+    print(folds[columns].round(3).to_string(index=False))
+    print(result.summary.text())
+    print(f"cv run folder: {result.run_dir} ({result.seconds:.0f} s for this call)")
+    return 0
+
+
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from gazimed_lab.ablation import run_ablations
     from gazimed_lab.data.synthetic import demo_cohort
@@ -123,6 +185,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default="demo_4mm")
     p.set_defaults(func=_cmd_synth)
 
+    p = sub.add_parser(
+        "manifest", help="build a manifest from a Clinica CAPS folder or a file-name pattern",
+        description="Pair each subject's (and session's) T1 and PET found in a Clinica CAPS "
+        "folder (t1-linear, pet-linear) or under a folder through file-name patterns, join a "
+        "participants/sessions TSV (target and clinical columns) and write the manifest. What "
+        "could not be paired is printed and listed in <manifest stem>_report.csv.")
+    p.add_argument("--caps", type=Path, default=None, help="a Clinica CAPS folder")
+    p.add_argument("--root", type=Path, default=None, help="folder the --mri/--pet patterns "
+                   "start from (FSL, SPM or any layout)")
+    p.add_argument("--mri", default=None, help="T1 pattern with {subject} [and {session}], "
+                   "e.g. '{subject}/anat/{subject}_T1_mni.nii.gz'; * and ? are wildcards")
+    p.add_argument("--pet", default=None, help="PET pattern, same placeholders as --mri")
+    p.add_argument("--tsv", type=Path, default=None, help="participants/sessions TSV: "
+                   "participant_id (or subject_id) [, session_id], target and clinical columns")
+    p.add_argument("--out", type=Path, required=True, help="the manifest CSV to write")
+    p.add_argument("--target", default=None, help="TSV column that becomes `target` "
+                   "(default: `target`)")
+    p.add_argument("--target-map", default=None, metavar="TEXT=NUMBER,...",
+                   help="map the target column's text values, e.g. CN=0,MCI=0.5,AD=1")
+    p.add_argument("--session", default=None, help="keep only this session, e.g. ses-M000")
+    p.add_argument("--tracer", default="18FFDG", help="CAPS: PET tracer (trc-<label>)")
+    p.add_argument("--suvr", default=None, help="CAPS: SUVR reference region (suvr-<label>) "
+                   "when a session has several")
+    p.add_argument("--cropped", action="store_true", help="CAPS: use the desc-Crop images")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
+    p.set_defaults(func=_cmd_manifest)
+
     p = sub.add_parser("qa", help="validate a manifest and write a QA table")
     p.add_argument("manifest", type=Path)
     p.add_argument("--grid", default="demo_4mm")
@@ -162,6 +251,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--maps-subjects", type=int, default=60,
                    help="at most this many subjects of the group")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "cv", help="k-fold cross-validation: every fold trained, per-fold, pooled out-of-fold "
+        "and test-ensemble metrics",
+        description="Hold the test split out once, train one run per fold of the rest "
+        "(RUN_DIR/folds/<k>/), then write per-fold metrics, mean +- sd across folds, pooled "
+        "out-of-fold metrics and the test-split ensemble (mean of the fold models' scores) with "
+        "bootstrap CIs. Rerunning the same command continues an interrupted run.")
+    p.add_argument("--config", default="cpu-demo", help="preset name or YAML path")
+    p.add_argument("--folds", type=int, required=True, help="number of folds K (>= 2)")
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="cohort (default: the config's data.manifest; with a preset name and "
+                        "no data.manifest override, the generated demo cohort)")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/cv"))
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the CIs")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--overwrite", action="store_true", help="restart a cv run in --run-dir")
+    p.set_defaults(func=_cmd_cv)
 
     p = sub.add_parser("ablate", help="clinical / MRI / PET / MRI+PET / all on one split")
     p.add_argument("--manifest", type=Path, default=None,

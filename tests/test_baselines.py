@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 from conftest import make_tiny_cohort, write_nifti
 
+from gazimed_lab.data.atlas import atlas_on_grid
 from gazimed_lab.data.baselines import (
     BASELINE_REGIONS,
     baseline_aucs,
     baselines_from_tables,
     regional_features,
 )
-from gazimed_lab.data.grid import get_grid
+from gazimed_lab.data.grid import get_grid, template_on_grid
 from gazimed_lab.data.images import ImageError
 from gazimed_lab.data.manifest import ManifestError, read_manifest
 
@@ -113,3 +114,57 @@ def test_linear_baselines_fit_on_one_cohort_and_score_another(tmp_path):
     table.to_csv(other, index=False)
     with pytest.raises(ValueError, match=r"`clinical columns` must be the training cohort's"):
         linear_baseline_predictions(train, other)
+
+
+def test_aal_regions_give_the_atlas_means(tiny_cohort: Path) -> None:
+    grid = get_grid("demo_4mm")
+    aal = atlas_on_grid(grid, "aal")
+    cohort = read_manifest(tiny_cohort, check_images=False)
+    mri, pet = (nib.load(cohort.table.loc[0, c]).get_fdata() for c in ("mri", "pet"))
+    features = regional_features(mri, pet, grid, regions="aal")
+    assert list(features) == [f"mri_{n}" for n in aal.names] + [f"pet_{n}" for n in aal.names]
+    brain = template_on_grid("brain_mask", grid) > 0
+    z = (mri - mri[brain].mean()) / (mri[brain].std() + 1e-8)
+    hippocampus = aal.ids[aal.names.index("Hippocampus_L")]
+    assert features["mri_Hippocampus_L"] == pytest.approx(z[aal.labels == hippocampus].mean())
+    ratio = pet / (pet[brain].mean() + 1e-8)
+    assert features["pet_Precuneus_R"] == pytest.approx(
+        ratio[aal.labels == aal.ids[aal.names.index("Precuneus_R")]].mean())
+    result = baseline_aucs(tiny_cohort, seed=3, regions="aal")
+    assert result["regions"] == "aal" and result["n_image"] == 2 * len(aal.ids)
+    assert 0.0 <= result["image"] <= 1.0
+    assert baseline_aucs(tiny_cohort, seed=3)["regions"] == "generator"
+    with pytest.raises(ValueError, match=r"`regions` must be 'generator', one of \['aal', "
+                       r"'aal3'\], an Atlas or an existing label NIfTI, got 'aal2'"):
+        regional_features(mri, pet, grid, regions="aal2")
+
+
+def test_a_user_atlas_on_another_grid_gives_its_region_means(tiny_cohort: Path,
+                                                              tmp_path: Path) -> None:
+    fine = get_grid("mni152_2mm")  # the user's atlas at 2 mm; the cohort is at 4 mm
+    labels = np.zeros(fine.shape, np.int16)
+    labels[20:45, 30:60, 20:45] = 4
+    labels[46:70, 30:60, 20:45] = 9
+    path = tmp_path / "my_atlas.nii.gz"
+    nib.save(nib.Nifti1Image(labels, fine.affine), path)
+    names = tmp_path / "my_atlas.tsv"
+    names.write_text("index\tname\n4\tright box\n9\tleft box\n")  # header; names with spaces
+    grid = get_grid("demo_4mm")
+    atlas = atlas_on_grid(grid, path, names)  # nearest neighbour onto the cohort's grid
+    assert atlas.ids == (4, 9) and atlas.names == ("right box", "left box")
+    assert set(np.unique(atlas.labels)) == {0, 4, 9}
+    cohort = read_manifest(tiny_cohort, check_images=False)
+    mri = nib.load(cohort.table.loc[0, "mri"]).get_fdata()
+    features = regional_features(mri, None, grid, regions=path, region_names=names)
+    brain = template_on_grid("brain_mask", grid) > 0
+    z = (mri - mri[brain].mean()) / (mri[brain].std() + 1e-8)
+    assert features["mri_left box"] == pytest.approx(z[atlas.labels == 9].mean())
+    assert np.isnan(features["pet_right box"])  # no PET given
+    result = baseline_aucs(tiny_cohort, regions=atlas)
+    assert result["regions"] == "my_atlas" and result["n_image"] == 4
+    with pytest.raises(ValueError, match=r"`regions atlas` must be on the images' grid"):
+        regional_features(mri, None, grid, regions=atlas_on_grid("mni152_2mm", path, names))
+    names.write_text("4\tright box\n4\tagain\n")
+    with pytest.raises(ValueError, match=r"`atlas names` must be one line per index, got index "
+                       r"4 again \('right box' and 'again'\) \(.*my_atlas.tsv; line 2\)"):
+        atlas_on_grid(grid, path, names)

