@@ -30,6 +30,7 @@ __all__ = [
     "NONFINITE_POLICIES",
     "PET_REFERENCES",
     "POOLINGS",
+    "PRETRAINED_TARGETS",
     "REGION_READOUTS",
     "REMOVED_KEYS",
     "Config",
@@ -69,6 +70,8 @@ IMAGE_PATHWAYS: tuple[str, ...] = ("swin", "regions", "swin+regions")
 #: ``model.region_readout``: how the regions pathway maps its standardized regional means
 #: to its output: an MLP, or one linear map (a ridge-like regional score).
 REGION_READOUTS: tuple[str, ...] = ("mlp", "linear")
+#: ``model.pretrained_encoders``: which Swin encoders ``model.pretrained`` initializes.
+PRETRAINED_TARGETS: tuple[str, ...] = ("both", "mri", "pet")
 #: ``trainer.gradient_clip_algorithm``.
 CLIP_ALGORITHMS: tuple[str, ...] = ("norm", "value")
 #: ``trainer.nonfinite_policy``: what a non-finite training loss does.
@@ -178,6 +181,15 @@ class ModelConfig:
     region_dim: int | None = None
     #: False: the image branch ignores the MRI channel (a PET-only model, data.channels >= 2).
     use_mri: bool = True
+    #: A local file of Swin encoder weights in MONAI's layouts (a ``SwinUNETR`` state dict,
+    #: or the self-supervised ``SwinViT`` checkpoint with ``module.`` keys under
+    #: ``state_dict``), copied into ``pretrained_encoders`` when a fresh fit starts (never
+    #: downloaded; see ``gazimed_lab.models.pretrained``). None: random initialization.
+    pretrained: str | None = None
+    #: ``both``, ``mri`` or ``pet`` (:data:`PRETRAINED_TARGETS`).
+    pretrained_encoders: str = "both"
+    #: Keep the pretrained encoders frozen for this many epochs (0: train them at once).
+    freeze_encoders_epochs: int = 0
 
 
 @dataclass
@@ -437,6 +449,13 @@ def _validate(cfg: DictConfig) -> None:
          one_of(REGION_READOUTS), cfg.model.region_readout),
         (cfg.model.region_dim is None or cfg.model.region_dim >= 1, "model.region_dim",
          ">= 1 (or null: model.fusion_dim)", cfg.model.region_dim),
+        (cfg.model.pretrained_encoders in PRETRAINED_TARGETS, "model.pretrained_encoders",
+         one_of(PRETRAINED_TARGETS), cfg.model.pretrained_encoders),
+        (cfg.model.freeze_encoders_epochs >= 0, "model.freeze_encoders_epochs", ">= 0",
+         cfg.model.freeze_encoders_epochs),
+        (cfg.model.freeze_encoders_epochs == 0 or cfg.model.pretrained is not None,
+         "model.freeze_encoders_epochs", "0 without model.pretrained (only pretrained "
+         "encoders are frozen)", cfg.model.freeze_encoders_epochs),
         (cfg.model.use_mri or cfg.data.channels >= 2 or cfg.model.mode == "clinical_only",
          "data.channels", ">= 2 with model.use_mri=false (a PET-only model needs PET)",
          cfg.data.channels),

@@ -135,7 +135,8 @@ def test_aal_regions_give_the_atlas_means(tiny_cohort: Path) -> None:
     assert 0.0 <= result["image"] <= 1.0
     assert baseline_aucs(tiny_cohort, seed=3)["regions"] == "generator"
     with pytest.raises(ValueError, match=r"`regions` must be 'generator', one of \['aal', "
-                       r"'aal3'\], an Atlas or an existing label NIfTI, got 'aal2'"):
+                       r"'aal3', 'aal\+ventricles', 'aal3\+ventricles'\], an Atlas or an "
+                       r"existing label NIfTI, got 'aal2'"):
         regional_features(mri, pet, grid, regions="aal2")
 
 

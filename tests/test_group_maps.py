@@ -24,10 +24,9 @@ def test_evaluate_maps_writes_group_maps_scored_against_the_truth(
     from gazimed_lab.attribution import cohort_reference, integrated_gradients
     from gazimed_lab.checkpoints import load_checkpoint
     from gazimed_lab.data.predict import PredictDataModule
+    from gazimed_lab.data.synthetic import make_synthetic_cohort
     from gazimed_lab.evaluation.maps import group_maps
     from gazimed_lab.runner import train_and_evaluate
-
-    from gazimed_lab.data.synthetic import make_synthetic_cohort
 
     train = make_synthetic_cohort(tmp_path / "train", n_subjects=24, seed=3, grid="demo_4mm")
     cfg = cohort_config(train, tmp_path, *SMALL, "trainer.max_epochs=1")

@@ -120,7 +120,7 @@ def test_fit_standardizes_regions_with_the_training_split(tiny_cohort: Path, tmp
 
     dm = MNIDataModule(cfg, run_dir=tmp_path / "check")
     dm.setup("fit")
-    masks = atlas_on_grid(dm.grid, "aal").masks()
+    masks = atlas_on_grid(dm.grid, str(cfg.model.region_atlas)).masks()
     pool = RegionPooling(masks)
     images = torch.stack([dm.train_dataset[i]["images"] for i in range(len(dm.train_dataset))])
     expected = pool(images)[:, 0].mean(dim=0)

@@ -115,5 +115,7 @@ def test_build_network_conforms_the_configured_atlas_to_the_spec_grid():
     cfg = load_config("cpu-demo", overrides=["model.image_pathway=regions"])
     spec = InputSpec.unfitted(get_grid("demo_4mm"), 2, n_features=118)
     net = build_network(cfg.model, spec)
-    assert net.region_encoder is not None and net.region_encoder.pool.n_regions == 116
+    # cpu-demo reads AAL's 116 regions plus the template's two lateral ventricles
+    assert cfg.model.region_atlas == "aal+ventricles"
+    assert net.region_encoder is not None and net.region_encoder.pool.n_regions == 118
     assert net.mri_encoder is None

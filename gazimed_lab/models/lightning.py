@@ -260,6 +260,7 @@ class AlzheimersLightningModule(pl.LightningModule):
         self.val_metrics = ScoreMetrics("val", self.threshold)
         self.test_metrics = ScoreMetrics("test", self.threshold)
         self.skipped_nonfinite = 0
+        self.pretrained_report: dict[str, Any] | None = None
 
     @property
     def net(self) -> nn.Module:
@@ -449,11 +450,49 @@ class AlzheimersLightningModule(pl.LightningModule):
 
     # ------------------------------------------------------ data state / ckpts
     def on_fit_start(self) -> None:
-        """Meet the data module's input spec: adopt it when it fits, else fail naming why."""
+        """Meet the data module's input spec; load ``model.pretrained`` into a fresh fit.
+
+        The spec is adopted when it fits, else fit fails naming why. Pretrained encoder
+        weights initialize a fit that does not resume (a resumed or loaded model keeps
+        its own weights); the report is logged and kept in :attr:`pretrained_report`.
+        """
         datamodule = getattr(self.trainer, "datamodule", None)
         data_spec = getattr(datamodule, "spec", None)
         if isinstance(data_spec, InputSpec):
             self.set_spec(self.spec.adopt(data_spec, ("model", "data")))
+        model_cfg = self.cfg.model
+        ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None) or {}
+        if (int(model_cfg.freeze_encoders_epochs) and self.trainer.world_size > 1
+                and not ddp_kwargs.get("find_unused_parameters")):
+            raise ConfigError(
+                "`model.freeze_encoders_epochs` must be 0 with several processes unless DDP "
+                "looks for unused parameters, got "
+                f"{model_cfg.freeze_encoders_epochs} with {self.trainer.world_size} processes; "
+                "set trainer.strategy=ddp_find_unused_parameters_true")
+        if model_cfg.pretrained and self._custom is None and self.trainer.ckpt_path is None:
+            from gazimed_lab.models.pretrained import load_pretrained
+
+            report = load_pretrained(self.model, str(model_cfg.pretrained),
+                                     str(model_cfg.pretrained_encoders))
+            self.pretrained_report = report.to_dict()
+            log.info(report.summary())
+            if self.trainer.is_global_zero:  # beside the run's config: what was loaded
+                import json
+
+                from gazimed_lab.paths import atomic_write
+
+                target = Path(self.trainer.default_root_dir) / "pretrained.json"
+                text = json.dumps(self.pretrained_report, indent=1)
+                atomic_write(target, lambda tmp: Path(tmp).write_text(text), "pretrained report")
+
+    def on_train_epoch_start(self) -> None:
+        """Keep pretrained encoders frozen for ``model.freeze_encoders_epochs`` epochs."""
+        epochs = int(self.cfg.model.freeze_encoders_epochs)
+        if epochs and self._custom is None:
+            from gazimed_lab.models.pretrained import set_encoders_trainable
+
+            set_encoders_trainable(self.model, str(self.cfg.model.pretrained_encoders),
+                                   self.current_epoch >= epochs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the package version (the spec travels in the hyperparameters)."""

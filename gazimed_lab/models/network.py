@@ -401,7 +401,10 @@ def network_kwargs(model_cfg: Any, spec: InputSpec) -> dict[str, Any]:
     assert isinstance(values, dict)
     kwargs = {str(k): v for k, v in values.items()}
     atlas = kwargs.pop("region_atlas", _D.region_atlas)
-    kwargs.pop("aux_loss_weight", None)  # a loss weight (the LightningModule's), not the net's
+    # Read by the LightningModule (a loss weight, the pretrained weights file and when to
+    # unfreeze it), not network arguments.
+    for key in ("aux_loss_weight", "pretrained", "pretrained_encoders", "freeze_encoders_epochs"):
+        kwargs.pop(key, None)
     masks = None
     if "regions" in str(kwargs.get("image_pathway", _D.image_pathway)) and (
             kwargs.get("mode", _D.mode) != "clinical_only"):
