@@ -92,6 +92,7 @@ def test_a_subjects_result_does_not_depend_on_its_batch() -> None:
     aug = BatchAugment(prob=1.0, rotate_deg=8.0, scale=0.08, translate_vox=2.0,
                        intensity=0.1, noise_std=0.05, seed=5)
     images = _volumes(4, seed=1)
+    images[1, :, :, :14] = 0.0  # a smaller brain: its own box is not the batch's
     images[3].zero_()  # an all-zero sample stays zero under the affine
     mask = torch.ones(4, 2)
     keys = [(2, 10), (2, 11), (2, 12), (2, 13)]

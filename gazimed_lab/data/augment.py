@@ -216,17 +216,17 @@ class BatchAugment:
         if not any(d.fired for d in draws):
             return out
         has_pet = (modality_mask[:, 1] > 0.5).tolist()
+        moving = [(b, d.affine) for b, d in enumerate(draws) if d.affine is not None]
+        if moving:
+            self._affine(out, moving)
         for b, d in enumerate(draws):
             if d.fired:
-                self._apply(out[b], d, bool(has_pet[b]))
+                self._intensity_and_noise(out[b], d, bool(has_pet[b]))
         return out
 
-    def _apply(self, x: torch.Tensor, d: SubjectDraw, has_pet: bool) -> None:
-        """Transform one (C, D, H, W) sample in place."""
+    def _intensity_and_noise(self, x: torch.Tensor, d: SubjectDraw, has_pet: bool) -> None:
+        """Scale, shift and add noise to one (C, D, H, W) sample in place."""
         channels = x.shape[0]
-        affine = d.affine
-        if affine is not None:
-            self._affine(x, affine)
         if d.scale is not None:
             x.mul_(torch.tensor(d.scale, dtype=x.dtype, device=x.device).view(channels, 1, 1, 1))
         if d.shift is not None:
@@ -251,25 +251,34 @@ class BatchAugment:
             buffer = self._scratch[key] = host_empty(tuple(x.shape), x.dtype)
         return torch.randn(x.shape, generator=generator, dtype=x.dtype, out=buffer)
 
-    def _affine(self, x: torch.Tensor, affine: np.ndarray) -> None:
-        """Resample one (C, D, H, W) sample in place (trilinear, ``padding_mode``)."""
-        shape = tuple(int(n) for n in x.shape[1:])
+    def _affine(self, out: torch.Tensor, moving: list[tuple[int, np.ndarray]]) -> None:
+        """Resample the items ``moving`` names, in place (trilinear, ``padding_mode``).
+
+        One ``grid_sample`` over those items (torch parallelizes it over them). On CPU
+        with zero padding only the union of the items' output boxes is resampled: a
+        voxel's coordinates depend on its position alone, and outside an item's own box
+        its result is exactly 0, so each item comes out as if resampled alone.
+        """
+        shape = tuple(int(n) for n in out.shape[2:])
         full = [(0, n) for n in shape]
         box = full
-        if self.padding_mode == "zeros" and x.device.type == "cpu":
-            found = _output_box(x, affine)
-            if found is None:  # an all-zero sample stays all zero
+        if self.padding_mode == "zeros" and out.device.type == "cpu":
+            boxes = {b: _output_box(out[b], a) for b, a in moving}
+            found = [f for f in boxes.values() if f is not None]
+            moving = [(b, a) for b, a in moving if boxes[b] is not None]  # all zero: stays
+            if not moving:
                 return
-            box = found
-        grid = _sampling_grid(affine, shape, box, x.device)
-        moved = F.grid_sample(x.unsqueeze(0), grid, mode="bilinear",
-                              padding_mode=self.padding_mode, align_corners=False)[0]
-        if box == full:
-            x.copy_(moved)
-            return
+            box = [(min(f[i][0] for f in found), max(f[i][1] for f in found)) for i in range(3)]
+        items = [b for b, _ in moving]
+        grid = torch.cat([_sampling_grid(a, shape, box, out.device) for _, a in moving])
+        source = out if items == list(range(out.shape[0])) else out[items]
+        moved = F.grid_sample(source, grid, mode="bilinear", padding_mode=self.padding_mode,
+                              align_corners=False)
         (d0, d1), (h0, h1), (w0, w1) = box
-        x.zero_()
-        x[:, d0:d1, h0:h1, w0:w1] = moved
+        for j, b in enumerate(items):
+            if box != full:
+                out[b].zero_()
+            out[b, :, d0:d1, h0:h1, w0:w1] = moved[j]
 
 
 def _output_box(x: torch.Tensor, affine: np.ndarray) -> list[tuple[int, int]] | None:
