@@ -12,6 +12,8 @@ batch size, workers and ``pin_memory`` (those of the datamodule's own loader):
   (conversion and the preset's augmentation on CPU, in this one process);
 - ``cached_f32_loader``: ``split_dataloader("train")`` used outside a trainer
   (float32 made in the loader);
+- ``legacy_monai_aug``: the training loader before issue 15 (float32 items, each
+  augmented on its own by MONAI; :mod:`benchmarks.legacy`), measured in the same run;
 - ``raw``: ``np.load`` of each cached ``.npy`` (float16, as stored) and a stack into
   one NumPy-backed batch (:func:`gazimed_lab.data.batches.stack_images`), nothing
   else: the ceiling for any loader reading that cache; ``raw_default_collate``: the
@@ -152,9 +154,29 @@ def _bytes(paths: list[str]) -> int:
     return int(sum(Path(p).stat().st_size for p in paths if p))
 
 
+#: A timed sample of a loader lasts at least this long (short epochs are drained repeatedly).
+MIN_TIMED_S = 0.5
+
+
+def _timed_epochs(loader: DataLoader, finish: Any, repeats: int) -> dict[str, Any]:
+    """:func:`timed` of whole epochs, each timed sample ``passes`` epochs of >= MIN_TIMED_S."""
+    start = time.perf_counter()
+    _drain(loader, finish)  # untimed pass (page cache, workers, first allocations)
+    passes = max(1, int(np.ceil(MIN_TIMED_S / max(time.perf_counter() - start, 1e-6))))
+
+    def epochs() -> int:
+        return sum(_drain(loader, finish) for _ in range(passes))
+
+    res = timed(epochs, repeats, warmup=0)
+    res["passes"] = passes
+    return res
+
+
 def _rate(samples: int, res: dict[str, Any]) -> dict[str, Any]:
-    return {"samples": samples, "epoch_s": round(res["median_s"], 4), "times_s": res["times_s"],
-            "samples_per_s": round(samples / res["median_s"], 2)}
+    passes = int(res.get("passes", 1))
+    epoch = res["median_s"] / passes
+    return {"samples": samples, "epoch_s": round(epoch, 4), "passes": passes,
+            "times_s": res["times_s"], "samples_per_s": round(samples / epoch, 2)}
 
 
 def _throughput(label: str, preset: str, grid: str, cohort_n: int, n: int, workers: int,
@@ -199,12 +221,19 @@ def _throughput(label: str, preset: str, grid: str, cohort_n: int, n: int, worke
         "raw_default_collate": (raw_default, None)}
     augment = bool(cfg.data.augment)
     if augment:
+        from benchmarks.legacy import MonaiItemDataset
+        from gazimed_lab.data.sampling import SubjectSampler
+
         keyed = subject_loader(train, int(data.batch_size), train=True, seed=dm.seed, **kwargs)
         loaders["cached_aug"] = (keyed, lambda b: dm.finish_batch(b, train=True))
+        legacy = MonaiItemDataset(train, data, dm.seed)
+        loaders["legacy_monai_aug"] = (DataLoader(
+            legacy, batch_size=int(data.batch_size), num_workers=workers,
+            pin_memory=bool(data.pin_memory), persistent_workers=workers > 0,
+            sampler=SubjectSampler(legacy, shuffle=True, seed=dm.seed, keyed=True)), None)
         out["augmentation"] = {k: float(v) for k, v in cfg.data.items() if k.startswith("aug_")}
     for name, (loader, finish) in loaders.items():
-        out[name] = _rate(len(train), timed(
-            lambda loader=loader, finish=finish: _drain(loader, finish), repeats))
+        out[name] = _rate(len(train), _timed_epochs(loader, finish, repeats))
     rates = {k: out[k]["samples_per_s"] for k in loaders}
     out["cached_over_naive"] = round(rates["cached"] / rates["naive"], 2)
     out["cached_over_raw"] = round(rates["cached"] / rates["raw"], 3)
@@ -212,6 +241,7 @@ def _throughput(label: str, preset: str, grid: str, cohort_n: int, n: int, worke
     if augment:
         out["cached_aug_over_naive"] = round(rates["cached_aug"] / rates["naive"], 2)
         out["aug_over_cached_model"] = round(rates["cached_aug"] / rates["cached_model"], 3)
+        out["aug_over_legacy"] = round(rates["cached_aug"] / rates["legacy_monai_aug"], 3)
         if workers == 0:
             out["augment_costs"] = _augment_costs(dm, cached, repeats)
     nifti = list(table["mri"]) + [p for p in table["pet"] if isinstance(p, str) and p]
@@ -239,7 +269,6 @@ def _augment_costs(dm: Any, loader: DataLoader, repeats: int) -> dict[str, Any]:
              "noise": {"noise_std": float(d.aug_noise_std)}}
     if any(affine.values()):
         kinds["affine"] = affine
-        kinds["affine_whole_volume"] = {**affine, "padding_mode": "border"}
     out: dict[str, Any] = {"batch": int(images.shape[0]), "shape": list(images.shape[1:])}
     for name, extra in kinds.items():
         aug = BatchAugment(**{**base, **extra})
@@ -251,6 +280,15 @@ def _augment_costs(dm: Any, loader: DataLoader, repeats: int) -> dict[str, Any]:
             times.append(time.perf_counter() - start)
         out[f"{name}_ms_per_sample"] = round(1000 * median(times[1:]) / images.shape[0], 2)
     return out
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children."""
+    import resource
+
+    own, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                      resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _upsampled(source: Path, n: int, grid_name: str, out: Path) -> Path:
@@ -308,16 +346,19 @@ def _cache_build(spec: dict[str, Any], repeats: int, cohort_root: Path,
     grid, workers = get_grid(spec["grid"]), resolve_workers(-1)
     modes = {"single": 0, "parallel": workers}
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
     loads: list[Any] = []
     for r in range(max(1, repeats)):
         order = list(modes) if r % 2 == 0 else list(modes)[::-1]
         for mode in order:
             cache = VolumeCache(tmp / f"build_{mode}_{r}")
             loads.append(load_now())
+            used = _cpu_seconds()
             start = time.perf_counter()
             cache_subjects(rows, cache, grid, int(spec["channels"]), "whole_brain",
                            workers=modes[mode])
             times[mode].append(round(time.perf_counter() - start, 3))
+            cpu[mode].append(round(_cpu_seconds() - used, 3))  # this process + its workers
             if cache.builds != n:
                 raise RuntimeError(f"cache build must build {n} entries, got {cache.builds}")
             shutil.rmtree(cache.root.parent, ignore_errors=True)
@@ -327,7 +368,13 @@ def _cache_build(spec: dict[str, Any], repeats: int, cohort_root: Path,
             "workers": workers, "single_s": times["single"], "parallel_s": times["parallel"],
             "single_median_s": round(single, 3), "parallel_median_s": round(parallel, 3),
             "s_per_subject_single": round(single / n, 3),
-            "parallel_speedup": round(single / parallel, 3), "loadavg_before_each": loads}
+            "parallel_speedup": round(single / parallel, 3),
+            # CPU seconds used and the share of the cores obtained (CPU s / wall s): the
+            # other users of a shared machine decide how much of the second core we get
+            "single_cpu_s": cpu["single"], "parallel_cpu_s": cpu["parallel"],
+            "single_cores_used": round(median(cpu["single"]) / single, 2),
+            "parallel_cores_used": round(median(cpu["parallel"]) / parallel, 2),
+            "loadavg_before_each": loads}
 
 
 class _EpochTimer:

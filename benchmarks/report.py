@@ -112,16 +112,19 @@ def render(results: dict[str, Any], markdown: bool = False) -> str:
         rows = [[t["grid"], t["train_subjects"], t["batch_size"], t["num_workers"],
                  t["naive"]["samples_per_s"], t["cached"]["samples_per_s"],
                  t.get("cached_model", {}).get("samples_per_s"),
-                 t.get("cached_aug", {}).get("samples_per_s"), t["raw"]["samples_per_s"],
+                 t.get("cached_aug", {}).get("samples_per_s"),
+                 t.get("legacy_monai_aug", {}).get("samples_per_s"), t["raw"]["samples_per_s"],
                  t["cached_over_naive"], t["cached_over_raw"], t.get("cached_model_over_raw"),
-                 t.get("aug_over_cached_model")] for t in data["throughput"]]
+                 t.get("aug_over_cached_model"), t.get("aug_over_legacy")]
+                for t in data["throughput"]]
         lines += _table(["grid", "subjects", "batch", "workers", "naive", "cached",
-                         "cached f32", "cached+aug f32", "raw read", "cached/naive",
-                         "cached/raw", "f32/raw", "aug/f32"], rows, markdown)
+                         "cached f32", "cached+aug f32", "before: MONAI per item", "raw read",
+                         "cached/naive", "cached/raw", "f32/raw", "aug/f32", "aug/before"],
+                        rows, markdown)
         costs = [(t["grid"], t["augment_costs"]) for t in data["throughput"]
                  if t.get("augment_costs")]
         if costs:
-            kinds = ["affine", "affine_whole_volume", "intensity", "noise"]
+            kinds = ["affine", "intensity", "noise"]
             lines += ["", "Augmentation alone, ms per sample (CPU, every subject transformed):"]
             lines += _table(["grid", *kinds], [[g, *[c.get(f"{k}_ms_per_sample") for k in kinds]]
                                                for g, c in costs], markdown)
@@ -131,7 +134,10 @@ def render(results: dict[str, Any], markdown: bool = False) -> str:
                       f"{build['channels']} channels): one process {build['single_median_s']} s "
                       f"({build['s_per_subject_single']} s/subject), {build['workers']} processes "
                       f"{build['parallel_median_s']} s: {build['parallel_speedup']}x; "
-                      f"runs {build['single_s']} / {build['parallel_s']}"]
+                      f"runs {build['single_s']} / {build['parallel_s']}; CPU s "
+                      f"{build.get('single_cpu_s')} / {build.get('parallel_cpu_s')}; cores "
+                      f"obtained {build.get('single_cores_used')} / "
+                      f"{build.get('parallel_cores_used')}"]
     epochs = data.get("epochs") or {}
     if epochs.get("rows"):
         lines += ["", f"Epoch time ({epochs['preset']}; {epochs['cohort']}):"]

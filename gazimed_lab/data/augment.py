@@ -17,10 +17,9 @@ processes (DDP), or on a resume from a checkpoint. The noise stream differs
 between CPU and CUDA (each device's own generator): a run is reproducible on the
 kind of device it ran on.
 
-On CPU the random affine resamples only the part of the volume that can be
-nonzero: the box that the sample's nonzero voxels (the brain, for normalized
-volumes) map to. Voxels outside it would interpolate zeros only, so the result
-is the same as resampling the whole volume.
+The items of a batch whose affine fires are resampled by one ``grid_sample`` call
+(torch spreads it over its threads); intensity changes and noise run per item, in
+place.
 """
 
 from __future__ import annotations
@@ -254,69 +253,26 @@ class BatchAugment:
     def _affine(self, out: torch.Tensor, moving: list[tuple[int, np.ndarray]]) -> None:
         """Resample the items ``moving`` names, in place (trilinear, ``padding_mode``).
 
-        One ``grid_sample`` over those items (torch parallelizes it over them). On CPU
-        with zero padding only the union of the items' output boxes is resampled: a
-        voxel's coordinates depend on its position alone, and outside an item's own box
-        its result is exactly 0, so each item comes out as if resampled alone.
+        One ``grid_sample`` over those items (torch parallelizes it over them); each
+        item's grid depends on its own matrix only, so it comes out as if alone.
         """
         shape = tuple(int(n) for n in out.shape[2:])
-        full = [(0, n) for n in shape]
-        box = full
-        if self.padding_mode == "zeros" and out.device.type == "cpu":
-            boxes = {b: _output_box(out[b], a) for b, a in moving}
-            found = [f for f in boxes.values() if f is not None]
-            moving = [(b, a) for b, a in moving if boxes[b] is not None]  # all zero: stays
-            if not moving:
-                return
-            box = [(min(f[i][0] for f in found), max(f[i][1] for f in found)) for i in range(3)]
         items = [b for b, _ in moving]
-        grid = torch.cat([_sampling_grid(a, shape, box, out.device) for _, a in moving])
+        grid = torch.cat([_sampling_grid(a, shape, out.device) for _, a in moving])
         source = out if items == list(range(out.shape[0])) else out[items]
         moved = F.grid_sample(source, grid, mode="bilinear", padding_mode=self.padding_mode,
                               align_corners=False)
-        (d0, d1), (h0, h1), (w0, w1) = box
         for j, b in enumerate(items):
-            if box != full:
-                out[b].zero_()
-            out[b, :, d0:d1, h0:h1, w0:w1] = moved[j]
+            out[b].copy_(moved[j])
 
 
-def _output_box(x: torch.Tensor, affine: np.ndarray) -> list[tuple[int, int]] | None:
-    """Output voxel ranges outside which the resampled sample is exactly zero.
-
-    An output voxel interpolates the 8 input voxels around its source point; it can
-    be nonzero only when that point lies within one voxel of the input's nonzero
-    bounding box. The box returned bounds the preimage of that region (a
-    parallelepiped) under ``affine``, plus a voxel. ``None`` when ``x`` is all zero.
-    """
-    nonzero = x.ne(0).any(dim=0)
-    plane = nonzero.any(dim=2)
-    profiles = (plane.any(dim=1), plane.any(dim=0), nonzero.any(dim=1).any(dim=0))
-    shape = nonzero.shape
-    lows, highs = [], []
-    for profile in profiles:
-        where = torch.nonzero(profile).flatten()
-        if where.numel() == 0:
-            return None
-        lows.append(int(where[0]) - 1)
-        highs.append(int(where[-1]) + 1)
-    centre = (np.asarray(shape, dtype=np.float64) - 1.0) / 2.0
-    corners = np.array([[(lows, highs)[a][0], (lows, highs)[b][1], (lows, highs)[c][2]]
-                        for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=np.float64)
-    inverse = np.linalg.inv(affine)
-    output = (np.c_[corners - centre, np.ones(8)] @ inverse.T)[:, :3] + centre
-    low = np.floor(output.min(axis=0)) - 1
-    high = np.ceil(output.max(axis=0)) + 2
-    return [(int(max(0, lo)), int(min(n, hi))) for lo, hi, n in zip(low, high, shape)]
-
-
-def _sampling_grid(affine: np.ndarray, shape: tuple[int, ...], box: list[tuple[int, int]],
+def _sampling_grid(affine: np.ndarray, shape: tuple[int, ...],
                    device: torch.device) -> torch.Tensor:
-    """``grid_sample`` grid (1, d, h, w, 3) of the output voxels in ``box``.
+    """``grid_sample`` grid (1, D, H, W, 3) of an affine in MONAI's convention.
 
     Output voxel ``p`` (centred coordinates) samples the input at ``affine @ p``,
     normalized as ``2 q / n`` (``align_corners=False``), as MONAI's ``Resample`` does.
-    Each voxel's coordinates depend only on its own position, not on the box.
+    Built by broadcasting (elementwise, the same rounding whatever else is in the batch).
     """
     sizes = np.asarray(shape, dtype=np.float64)
     # grid channel g holds the coordinate along input axis 2 - g (x = W, y = H, z = D)
@@ -324,8 +280,7 @@ def _sampling_grid(affine: np.ndarray, shape: tuple[int, ...], box: list[tuple[i
     coef = 2.0 * affine[order, :3] / sizes[order, None]   # (3 grid channels, 3 output axes)
     offset = 2.0 * affine[order, 3] / sizes[order]
     f32 = torch.float32
-    axes = [torch.arange(lo, hi, dtype=f32, device=device) - (n - 1) / 2.0
-            for (lo, hi), n in zip(box, shape)]
+    axes = [torch.arange(n, dtype=f32, device=device) - (n - 1) / 2.0 for n in shape]
     c = torch.as_tensor(coef, dtype=f32, device=device)
     o = torch.as_tensor(offset, dtype=f32, device=device)
     depth_height = (axes[0].view(-1, 1, 1, 1) * c[:, 0] + o) + axes[1].view(1, -1, 1, 1) * c[:, 1]

@@ -167,20 +167,23 @@ def cache_subjects(
         else:
             cache.hits += 1
             done[i] = _Done(mask=np.asarray(found[1], dtype=np.float32))
-    n_workers = min(resolve_workers(int(workers)), len(missing))
+    n_workers = min(resolve_workers(int(workers)), len(missing) - 1)
+    serial = missing if n_workers < 2 else missing[:1]
+    for count, i in enumerate(serial, 1):
+        # With workers, this process builds the first entry itself: the templates and
+        # masks it caches on the way are then inherited by the forked workers.
+        done[i] = prepare(jobs[i])
+        if count % 50 == 0:
+            log.info("%d / %d volumes built", cache.builds, len(missing))
     if n_workers >= 2:
-        log.info("building %d cache entries in %d processes", len(missing), n_workers)
+        rest = missing[1:]
+        log.info("building %d cache entries in %d processes", len(rest), n_workers)
         with ProcessPoolExecutor(n_workers, mp_context=_pool_context()) as pool:
-            results = list(pool.map(prepare, [jobs[i] for i in missing], chunksize=1))
-        for i, result in zip(missing, results):
+            results = list(pool.map(prepare, [jobs[i] for i in rest], chunksize=1))
+        for i, result in zip(rest, results):
             done[i] = result
             cache.builds += int(result.built)
             cache.hits += int(result.error is None and not result.built)
-    else:
-        for count, i in enumerate(missing, 1):
-            done[i] = prepare(jobs[i])
-            if count % 50 == 0:
-                log.info("%d / %d volumes built", cache.builds, len(missing))
     return _collect(jobs, done, cache, accept_flagged, records, sessions, manifest)
 
 
