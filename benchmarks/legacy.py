@@ -31,9 +31,12 @@ class MonaiItemDataset(Dataset):
         The config's ``data`` section (``aug_*``).
     seed
         The run's seed.
+    augment
+        False: the old cached loader without augmentation (float32 per item, torch's
+        collation).
     """
 
-    def __init__(self, dataset: Any, data: Any, seed: int) -> None:
+    def __init__(self, dataset: Any, data: Any, seed: int, augment: bool = True) -> None:
         from monai.transforms import (
             Compose,
             RandAffine,
@@ -58,6 +61,7 @@ class MonaiItemDataset(Dataset):
             RandGaussianNoise(prob=prob, mean=0.0, std=float(data.aug_noise_std)),
         ])
         self.seed = int(seed)
+        self.augment = bool(augment)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -66,6 +70,9 @@ class MonaiItemDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         item = self.dataset[index]
         image = item["images"].float()  # the old path: float32 per item
+        if not self.augment:
+            item["images"] = image
+            return item
         self.transform.set_random_state(seed=derive_seed(self.seed, epoch, index) % (2**32))
         out = self.transform(image)
         out = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)

@@ -121,6 +121,12 @@ def render(results: dict[str, Any], markdown: bool = False) -> str:
                          "cached f32", "cached+aug f32", "before: MONAI per item", "raw read",
                          "cached/naive", "cached/raw", "f32/raw", "aug/f32", "aug/before"],
                         rows, markdown)
+        rows = [[t["grid"], t["num_workers"], t.get("legacy_cached", {}).get("samples_per_s"),
+                 t.get("raw_default_collate", {}).get("samples_per_s"),
+                 t.get("legacy_cached_over_raw_default")] for t in data["throughput"]]
+        lines += ["", "Before issue 15 (float32 per item, torch's collation), same run:"]
+        lines += _table(["grid", "workers", "cached", "raw read (torch collation)",
+                         "cached/raw"], rows, markdown)
         costs = [(t["grid"], t["augment_costs"]) for t in data["throughput"]
                  if t.get("augment_costs")]
         if costs:

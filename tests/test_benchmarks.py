@@ -60,7 +60,7 @@ def test_tiny_suite_writes_complete_json(tmp_path: Path) -> None:
             "float32_equivalent"]
     for entry in data["throughput"]:
         for loader in ("cached_model", "cached_f32_loader", "raw_default_collate",
-                       "legacy_monai_aug"):
+                       "legacy_cached", "legacy_monai_aug"):
             assert entry[loader]["samples"] == entry["train_subjects"], loader
         assert entry["aug_over_cached_model"] > 0 and entry["aug_over_legacy"] > 0
         costs = entry["augment_costs"]  # cpu-demo: intensity and noise, no affine
