@@ -16,11 +16,12 @@ import pandas as pd
 import pytest
 from conftest import cohort_config
 
-from gazimed_lab.data.cache import VolumeCache, _lock, _unlock
-from gazimed_lab.data.cache_build import cache_subjects
+from gazimed_lab.data.cache import EntryBusy, VolumeCache, _lock, _unlock
+from gazimed_lab.data.cache_build import cache_subjects, entry_key
 from gazimed_lab.data.datamodule import MNIDataModule
 from gazimed_lab.data.grid import get_grid
 from gazimed_lab.data.manifest import ManifestError
+from gazimed_lab.data.transforms import preprocess_subject
 
 GRID = get_grid("demo_4mm")
 
@@ -140,6 +141,8 @@ def test_a_lock_held_elsewhere_is_waited_for_and_a_dead_ones_file_ignored(
     thread = threading.Thread(target=other_builder)
     thread.start()
     assert held.wait(10)
+    with pytest.raises(EntryBusy):  # not waiting: told at once
+        cache.get_or_build("k", arr.shape, build, wait=False)
     threading.Timer(0.3, release.set).start()
     out, mask = cache.get_or_build("k", arr.shape, build)  # waits for the holder
     thread.join()
@@ -151,3 +154,36 @@ def test_a_lock_held_elsewhere_is_waited_for_and_a_dead_ones_file_ignored(
     os.utime(cache.lock_path("j"), (0, 0))
     cache.get_or_build("j", arr.shape, build)
     assert built == ["here"] and not _leftovers(cache)
+
+
+def test_entries_another_process_is_building_are_left_to_it_until_the_rest_are_done(
+        tiny_cohort: Path, tmp_path: Path) -> None:
+    table = _table(tiny_cohort)
+    cache = VolumeCache(tmp_path / "cache")
+    cache.root.mkdir(parents=True)
+    first = table.iloc[0]
+    key = entry_key(first["mri"], first["pet"] or None, GRID, 2, "whole_brain", "float16")
+    held = threading.Event()
+
+    def other_builder() -> None:  # holds subject 0 until every other entry is written
+        fd = _lock(cache.lock_path(key))
+        held.set()
+        deadline = time.monotonic() + 60
+        while len(list(cache.root.glob("*.npy"))) < len(table) - 1:
+            if time.monotonic() > deadline:  # the builder waited for us: give up the entry
+                _unlock(cache.lock_path(key), fd)
+                return
+            time.sleep(0.02)
+        arr, mask = preprocess_subject(first["mri"], first["pet"] or None, GRID, 2,
+                                       "whole_brain")
+        VolumeCache(tmp_path / "cache").save(key, arr, mask, {"subject_id": first["subject_id"]})
+        _unlock(cache.lock_path(key), fd)
+
+    thread = threading.Thread(target=other_builder)
+    thread.start()
+    assert held.wait(10)
+    cache_subjects(table, cache, GRID, 2, "whole_brain")
+    thread.join()
+    assert (cache.builds, cache.hits) == (len(table) - 1, 1)
+    assert not _leftovers(cache)
+

@@ -9,14 +9,16 @@ and read back memory-mapped. Writes are atomic (temporary file +
 
 **Several builders at once** (DDP ranks, the nodes of a cluster sharing the cache
 folder, two notebooks): an entry is built under an exclusive lock on
-``volumes/<key>.lock`` (``flock``; on NFS the kernel maps it to POSIX locks), and
-a process that finds the lock held waits, then reads the entry the holder wrote:
-no entry is built twice and no reader sees half of one. The lock goes with the
-process that holds it (a killed builder does not block the others) and its file
-is removed once the entry is written. On a file system without locks the cache
-warns once and still never corrupts an entry (writes are atomic renames of
-complete files; two builders of one entry write identical bytes), but may build
-it twice. :func:`~gazimed_lab.data.cache_build.cache_subjects` fills the cache for a
+``volumes/<key>.lock`` (``flock``; on NFS the kernel maps it to POSIX locks). A
+process that finds the lock held builds other missing entries first, then waits
+and reads the entry the holder wrote: no entry is built twice, no reader sees half
+of one, and builders on several nodes share the work without talking to each
+other. The lock goes with the process that holds it (a killed builder does not
+block the others) and its file is removed once the entry is written. On a file
+system without locks the cache warns once and still never corrupts an entry
+(writes are atomic renames of complete files; two builders of one entry write
+identical bytes), but may build it twice.
+:func:`~gazimed_lab.data.cache_build.cache_subjects` fills the cache for a
 table of subjects, in several processes with ``data.cache_workers``.
 
 Each entry's JSON sidecar also records how its volumes were conformed
@@ -53,6 +55,7 @@ from gazimed_lab.config import CACHE_DTYPES
 __all__ = [
     "CACHE_VERSION",
     "CacheFullError",
+    "EntryBusy",
     "VolumeCache",
     "file_fingerprint",
     "volume_key",
@@ -150,19 +153,27 @@ class CacheFullError(OSError):
 _WARNED_NO_LOCKS: set[str] = set()
 
 
-def _lock(path: Path) -> int | None:
+class EntryBusy(Exception):
+    """Another process holds the entry's lock (raised only when not waiting for it)."""
+
+
+def _lock(path: Path, wait: bool = True) -> int | None:
     """Hold an exclusive ``flock`` on ``path`` (created if absent); return its descriptor.
 
     The holder unlinks the file before releasing it (:func:`_unlock`), so a waiter that
     wakes up on an unlinked file tries again on the current one. ``None`` when the file
-    system has no locks (warned once per folder).
+    system has no locks (warned once per folder). Without ``wait``, a lock held by
+    another process raises :class:`EntryBusy` at once.
     """
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if fcntl is None:
                 raise OSError(errno.ENOLCK, "no fcntl module")
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            raise EntryBusy(str(path)) from None
         except OSError as exc:
             os.close(fd)
             if str(path.parent) not in _WARNED_NO_LOCKS:
@@ -298,11 +309,13 @@ class VolumeCache:
         shape: tuple[int, ...],
         build: Callable[[], tuple[np.ndarray, np.ndarray]],
         info: dict[str, Any] | None = None,
+        wait: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Read ``key`` from the cache, building and storing it first when needed.
 
         The build runs under the entry's lock: a process that finds another building
-        the same entry waits for it and reads its result (see the module docstring).
+        the same entry waits for it and reads its result (see the module docstring), or,
+        without ``wait``, raises :class:`EntryBusy` so that it can build other entries first.
         """
         found = self.load(key, shape)
         if found is not None:
@@ -310,7 +323,7 @@ class VolumeCache:
             return found
         self.root.mkdir(parents=True, exist_ok=True)
         lock = self.lock_path(key)
-        fd = _lock(lock)
+        fd = _lock(lock, wait)
         try:
             found = self.load(key, shape)  # written by another process while we waited
             if found is not None:

@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gazimed_lab.data.cache import CacheFullError, VolumeCache, volume_key
+from gazimed_lab.data.cache import CacheFullError, EntryBusy, VolumeCache, volume_key
 from gazimed_lab.data.grid import Grid
 from gazimed_lab.data.images import ImageError
 from gazimed_lab.data.manifest import ManifestError
 from gazimed_lab.data.transforms import MRI_NORMALIZATION, preprocess_subject
 
-__all__ = ["cache_subjects", "resolve_workers"]
+__all__ = ["cache_subjects", "entry_key", "resolve_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,17 @@ def resolve_workers(workers: int) -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def entry_key(mri: str, pet: str | None, grid: Grid, channels: int, pet_reference: str,
+              dtype: str) -> str:
+    """Return the cache key of one subject's volumes (``cache.volume_key`` with its settings).
+
+    ``pet`` None when missing or unused (``channels == 1``).
+    """
+    settings = {"pet_reference": pet_reference if pet else None,
+                "mri_normalization": MRI_NORMALIZATION, "dtype": dtype}
+    return volume_key(mri, pet, grid.key(), channels, settings)
 
 
 @dataclass
@@ -65,11 +76,12 @@ class _Done:
     notes: dict[str, Any] = field(default_factory=dict)
     built: bool = False
     error: str | None = None
+    busy: bool = False  # another process was building it: come back to it later
 
 
 def _prepare(job: _Job, cache: VolumeCache, grid: Grid, channels: int, pet_reference: str,
-             accept_flagged: bool) -> _Done:
-    """Read or build one entry (in this process or a worker)."""
+             accept_flagged: bool, wait: bool = True) -> _Done:
+    """Read or build one entry (in this process or a worker); ``wait``: see get_or_build."""
     if job.error is not None or job.key is None:
         return _Done(error=job.error)
     notes: dict[str, Any] = {}
@@ -79,8 +91,10 @@ def _prepare(job: _Job, cache: VolumeCache, grid: Grid, channels: int, pet_refer
             job.key, (int(channels), *grid.shape),
             functools.partial(preprocess_subject, job.mri, job.pet, grid, channels,
                               pet_reference, job.subject, accept_flagged, notes),
-            info={**job.info, "qa": notes},
+            info={**job.info, "qa": notes}, wait=wait,
         )
+    except EntryBusy:
+        return _Done(busy=True)
     except CacheFullError:
         raise  # the same for every subject: once, not per subject
     except (ImageError, OSError) as exc:
@@ -149,10 +163,8 @@ def cache_subjects(
         session = {"session_id": str(row.session_id)} if sessions else {}
         pet = str(row.pet) if channels >= 2 and isinstance(row.pet, str) and row.pet else None
         job = _Job(mri, pet, sid, {"subject_id": sid, **session, "mri": mri, "pet": pet or ""})
-        settings = {"pet_reference": pet_reference if pet else None,
-                    "mri_normalization": MRI_NORMALIZATION, "dtype": str(cache.dtype)}
         try:
-            job.key = volume_key(mri, pet, grid.key(), channels, settings)
+            job.key = entry_key(mri, pet, grid, channels, pet_reference, str(cache.dtype))
         except OSError as exc:
             job.error = str(exc)
         jobs.append(job)
@@ -168,22 +180,29 @@ def cache_subjects(
             cache.hits += 1
             done[i] = _Done(mask=np.asarray(found[1], dtype=np.float32))
     n_workers = min(resolve_workers(int(workers)), len(missing) - 1)
-    serial = missing if n_workers < 2 else missing[:1]
-    for count, i in enumerate(serial, 1):
-        # With workers, this process builds the first entry itself: the templates and
-        # masks it caches on the way are then inherited by the forked workers.
-        done[i] = prepare(jobs[i])
-        if count % 50 == 0:
-            log.info("%d / %d volumes built", cache.builds, len(missing))
-    if n_workers >= 2:
-        rest = missing[1:]
-        log.info("building %d cache entries in %d processes", len(rest), n_workers)
-        with ProcessPoolExecutor(n_workers, mp_context=_pool_context()) as pool:
-            results = list(pool.map(prepare, [jobs[i] for i in rest], chunksize=1))
-        for i, result in zip(rest, results):
-            done[i] = result
-            cache.builds += int(result.built)
-            cache.hits += int(result.error is None and not result.built)
+    # Entries another process is building are skipped in a first pass and waited for in a
+    # second: processes (or nodes) filling one cache share the work.
+    for wait in (False, True):
+        todo = [i for i in missing if (d := done[i]) is None or d.busy]
+        if not todo:
+            break
+        serial = todo if n_workers < 2 else todo[:1]
+        for count, i in enumerate(serial, 1):
+            # With workers, this process builds the first entry itself: the templates and
+            # masks it caches on the way are then inherited by the forked workers.
+            done[i] = prepare(jobs[i], wait=wait)
+            if count % 50 == 0:
+                log.info("%d / %d volumes built", cache.builds, len(missing))
+        rest = todo[len(serial):]
+        if rest:
+            log.info("building %d cache entries in %d processes", len(rest), n_workers)
+            with ProcessPoolExecutor(n_workers, mp_context=_pool_context()) as pool:
+                results = list(pool.map(functools.partial(prepare, wait=wait),
+                                        [jobs[i] for i in rest], chunksize=1))
+            for i, result in zip(rest, results):
+                done[i] = result
+                cache.builds += int(result.built)
+                cache.hits += int(result.error is None and not result.built and not result.busy)
     return _collect(jobs, done, cache, accept_flagged, records, sessions, manifest)
 
 
