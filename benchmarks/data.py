@@ -251,6 +251,8 @@ def _throughput(label: str, preset: str, grid: str, cohort_n: int, n: int, worke
         out["aug_over_legacy"] = round(rates["cached_aug"] / rates["legacy_monai_aug"], 3)
         if workers == 0:
             out["augment_costs"] = _augment_costs(dm, cached, repeats)
+    if workers == 0:
+        out["allocation"] = _allocation((int(data.batch_size), *out["shape"]), repeats)
     nifti = list(table["mri"]) + [p for p in table["pet"] if isinstance(p, str) and p]
     out["bytes_per_subject"] = {
         "nifti_gz": _bytes(nifti) // len(table),
@@ -287,6 +289,35 @@ def _augment_costs(dm: Any, loader: DataLoader, repeats: int) -> dict[str, Any]:
             times.append(time.perf_counter() - start)
         out[f"{name}_ms_per_sample"] = round(1000 * median(times[1:]) / images.shape[0], 2)
     return out
+
+
+def _allocation(shape: tuple[int, ...], repeats: int) -> dict[str, Any]:
+    """Milliseconds to fill a fresh float32 batch from float16: torch's allocator vs NumPy's.
+
+    The 2 mm batch (43 MB) is above glibc's largest mmap threshold (32 MiB): every one
+    is a fresh mapping whose pages fault in on first touch, 4 KiB at a time unless the
+    allocation asked for transparent huge pages (NumPy does; torch only with
+    ``THP_MEM_ALLOC_ENABLE=1``). ``thp`` is the kernel's THP mode.
+    """
+    from gazimed_lab.data.batches import host_empty
+
+    half = torch.zeros(shape, dtype=torch.float16)
+
+    def fill(make: Any) -> float:
+        times = []
+        for _ in range(max(3, repeats) + 1):
+            start = time.perf_counter()
+            make(shape, torch.float32).copy_(half)
+            times.append(time.perf_counter() - start)
+        return round(1000 * median(times[1:]), 2)
+
+    try:
+        thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
+    except OSError:
+        thp = None
+    return {"shape": list(shape), "mb": round(half.numel() * 4 / 1e6, 1), "thp": thp,
+            "torch_empty_ms": fill(lambda s, d: torch.empty(s, dtype=d)),
+            "numpy_backed_ms": fill(host_empty)}
 
 
 def _cpu_seconds() -> float:

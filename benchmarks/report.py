@@ -134,6 +134,13 @@ def render(results: dict[str, Any], markdown: bool = False) -> str:
             lines += ["", "Augmentation alone, ms per sample (CPU, every subject transformed):"]
             lines += _table(["grid", *kinds], [[g, *[c.get(f"{k}_ms_per_sample") for k in kinds]]
                                                for g, c in costs], markdown)
+    allocs = [(t["grid"], t["allocation"]) for t in data.get("throughput", [])
+              if t.get("allocation")]
+    if allocs:
+        lines += ["", "A fresh float32 batch filled from float16 (ms):"]
+        lines += _table(["grid", "MB", "torch.empty", "NumPy-backed", "THP"],
+                        [[g, a["mb"], a["torch_empty_ms"], a["numpy_backed_ms"], a["thp"]]
+                         for g, a in allocs], markdown)
     build = data.get("cache_build") or {}
     if build:
         lines += ["", f"Cache build ({build['inputs']}, onto {build['grid']}, "

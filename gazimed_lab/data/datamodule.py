@@ -390,12 +390,16 @@ class MNIDataModule(pl.LightningDataModule):
                 and trainer.state.status == TrainerStatus.RUNNING)
 
     def _loader(self, dataset: VolumeDataset, train: bool, shared: bool = True) -> DataLoader:
-        """Batches of ``dataset``; ``shared``: this process's share when several run."""
+        """Batches of ``dataset``; ``shared``: this process's share when several run.
+
+        A loader of this process's share, asked for by a running trainer that uses this
+        data module, leaves conversion and augmentation to :meth:`on_after_batch_transfer`.
+        """
         data = self.cfg.data
         world, rank = self._processes() if shared else (1, 0)
         return subject_loader(dataset, int(data.batch_size), int(data.num_workers),
                               bool(data.pin_memory), train, self.seed, world, rank,
-                              on_device=self._served_by_trainer())
+                              on_device=shared and self._served_by_trainer())
 
     def finish_batch(self, batch: dict[str, Any], train: bool = False) -> dict[str, Any]:
         """Make a transferred batch what the model receives: float32 images, augmented in training.
@@ -424,7 +428,8 @@ class MNIDataModule(pl.LightningDataModule):
 
         Without ``augment`` even the train split is served unaugmented and
         unshuffled (e.g. to write predictions for every split). Always the whole
-        split, also in a multi-process run.
+        split, also in a multi-process run, and always float32 (converted, and
+        augmented with ``augment``, in the loader).
         """
         if name not in self.splits:
             raise ValueError(f"`split` must be one of {sorted(self.splits)}, got {name!r}")
