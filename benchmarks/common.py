@@ -35,6 +35,10 @@ SIZES: dict[str, dict[str, Any]] = {
         "workers": [0],
         "epoch_cohort": 12,
         "epoch_sizes": [6, 12],
+        # Cache build: the first n subjects of a generated cohort (source grid) resampled to
+        # input_grid, conformed to grid; one process vs one per core.
+        "cache_build": {"source_grid": "demo_4mm", "cohort": 12, "n": 4,
+                        "input_grid": "mni152_2mm", "grid": "demo_4mm", "channels": 2},
         "train_epochs": True,
         # Model: (label, preset, img_size override or None, batch, warm-up steps, min repeats).
         "model": [("cpu-demo-tiny", "cpu-demo", [16, 16, 16], 2, 1, 1)],
@@ -52,6 +56,9 @@ SIZES: dict[str, dict[str, Any]] = {
         "workers": [0, 2],
         "epoch_cohort": 400,
         "epoch_sizes": [100, 200, 400],
+        # 1 mm T1 and PET (Clinica's t1-linear / pet-linear resolution) conformed to 2 mm
+        "cache_build": {"source_grid": "mni152_2mm", "cohort": 48, "n": 8,
+                        "input_grid": "mni152_1mm", "grid": "mni152_2mm", "channels": 3},
         "train_epochs": True,
         "model": [
             ("cpu-demo", "cpu-demo", None, 8, 2, 5),

@@ -58,6 +58,17 @@ def test_tiny_suite_writes_complete_json(tmp_path: Path) -> None:
         # float16 cache: half the bytes of float32 (plus the .npy header)
         assert entry["bytes_per_subject"]["cache_npy"] < entry["bytes_per_subject"][
             "float32_equivalent"]
+    for entry in data["throughput"]:
+        for loader in ("cached_model", "cached_f32_loader", "raw_default_collate",
+                       "legacy_cached", "legacy_monai_aug"):
+            assert entry[loader]["samples"] == entry["train_subjects"], loader
+        assert entry["aug_over_cached_model"] > 0 and entry["aug_over_legacy"] > 0
+        costs = entry["augment_costs"]  # cpu-demo: intensity and noise, no affine
+        assert costs["noise_ms_per_sample"] > 0 and "affine_ms_per_sample" not in costs
+    build = data["cache_build"]
+    assert build["subjects"] == 4 and build["workers"] >= 1
+    assert len(build["single_s"]) == len(build["parallel_s"]) == results["repeats"]
+    assert build["parallel_speedup"] > 0 and build["single_cpu_s"][0] > 0
     rows = data["epochs"]["rows"]
     assert [r["subjects"] for r in rows] == [6, 12]
     for row in rows:
@@ -83,6 +94,9 @@ def test_tiny_suite_writes_complete_json(tmp_path: Path) -> None:
         assert results["gpu"] == {"skipped": "no CUDA device"}
     goals = {g["goal"]: g for g in _goal_rows(results)}
     assert any(name.startswith("cached >= 10x naive") for name in goals)
+    for prefix in ("augmented >= 0.3x cached", "cached, float32 on CPU >= 0.5x raw read",
+                   "cache build from mni152_2mm inputs"):
+        assert any(name.startswith(prefix) for name in goals), prefix
 
 
 def _goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:

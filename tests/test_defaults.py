@@ -10,7 +10,7 @@ import pytest
 
 from gazimed_lab.config import DataConfig, ModelConfig, SystemConfig
 from gazimed_lab.data.splits import make_splits
-from gazimed_lab.data.transforms import TrainAugment
+from gazimed_lab.data.augment import BatchAugment
 from gazimed_lab.models.encoders import SwinImageEncoder
 
 
@@ -28,7 +28,7 @@ def _as_config(value: Any) -> Any:
     [
         (SwinImageEncoder.__init__, ModelConfig(),
          {n: n for n in ("patch_size", "embed_dim", "depths", "num_heads", "window_size")}),
-        (TrainAugment.__init__, DataConfig(),
+        (BatchAugment.__init__, DataConfig(),
          {n: f"aug_{n}" for n in ("prob", "rotate_deg", "scale", "translate_vox", "intensity",
                                    "noise_std")}),
         (make_splits, DataConfig(),

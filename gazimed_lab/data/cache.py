@@ -7,19 +7,32 @@ any change gives a new key. Arrays are stored compactly (float16 by default)
 and read back memory-mapped. Writes are atomic (temporary file +
 :func:`os.replace`); an unreadable or wrongly shaped entry is rebuilt.
 
+**Several builders at once** (DDP ranks, the nodes of a cluster sharing the cache
+folder, two notebooks): an entry is built under an exclusive lock on
+``volumes/<key>.lock`` (``flock``; on NFS the kernel maps it to POSIX locks). A
+process that finds the lock held builds other missing entries first, then waits
+and reads the entry the holder wrote: no entry is built twice, no reader sees half
+of one, and builders on several nodes share the work without talking to each
+other. The lock goes with the process that holds it (a killed builder does not
+block the others) and its file is removed once the entry is written. On a file
+system without locks the cache warns once and still never corrupts an entry
+(writes are atomic renames of complete files; two builders of one entry write
+identical bytes), but may build it twice.
+:func:`~gazimed_lab.data.cache_build.cache_subjects` fills the cache for a
+table of subjects, in several processes with ``data.cache_workers``.
+
 Each entry's JSON sidecar also records how its volumes were conformed
 (``qa.grid_actions``: on the grid, or resampled from which grid) and the flags of
 images accepted although probably not in MNI space (``qa.flagged``). The switch
 ``data.accept_flagged_images`` is not part of the key: the array is the same
-either way, and :func:`cache_subjects` refuses a flagged entry on every read
-unless the switch is on. Entries written before these records existed are
-rebuilt once.
+either way, and :func:`~gazimed_lab.data.cache_build.cache_subjects` refuses a
+flagged entry on every read unless the switch is on. Entries written before these
+records existed are rebuilt once.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import json
 import logging
@@ -30,20 +43,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+    fcntl = None  # type: ignore[assignment]
+
 import numpy as np
-import pandas as pd
 
 from gazimed_lab.config import CACHE_DTYPES
-from gazimed_lab.data.grid import Grid
-from gazimed_lab.data.images import ImageError
-from gazimed_lab.data.manifest import ManifestError
-from gazimed_lab.data.transforms import MRI_NORMALIZATION, preprocess_subject
 
 __all__ = [
     "CACHE_VERSION",
     "CacheFullError",
+    "EntryBusy",
     "VolumeCache",
-    "cache_subjects",
     "file_fingerprint",
     "volume_key",
 ]
@@ -137,6 +150,57 @@ class CacheFullError(OSError):
     """The cache folder's disk is full: reported once, not once per subject."""
 
 
+_WARNED_NO_LOCKS: set[str] = set()
+
+
+class EntryBusy(Exception):
+    """Another process holds the entry's lock (raised only when not waiting for it)."""
+
+
+def _lock(path: Path, wait: bool = True) -> int | None:
+    """Hold an exclusive ``flock`` on ``path`` (created if absent); return its descriptor.
+
+    The holder unlinks the file before releasing it (:func:`_unlock`), so a waiter that
+    wakes up on an unlinked file tries again on the current one. ``None`` when the file
+    system has no locks (warned once per folder). Without ``wait``, a lock held by
+    another process raises :class:`EntryBusy` at once.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is None:
+                raise OSError(errno.ENOLCK, "no fcntl module")
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            raise EntryBusy(str(path)) from None
+        except OSError as exc:
+            os.close(fd)
+            if str(path.parent) not in _WARNED_NO_LOCKS:
+                _WARNED_NO_LOCKS.add(str(path.parent))
+                log.warning("cache folder %s does not support file locks (%s): processes "
+                            "building the same entry at once may each build it (entries stay "
+                            "whole)", path.parent, exc)
+            return None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fd
+        os.close(fd)  # the holder removed it meanwhile: lock the current file
+
+
+def _unlock(path: Path, fd: int | None) -> None:
+    """Remove the lock file, then release the lock (see :func:`_lock`)."""
+    if fd is None:
+        return
+    try:
+        path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
 def _disk_full(exc: OSError) -> bool:
     # numpy reports a short write as "N requested and M written", without an errno.
     text = str(exc)
@@ -175,6 +239,10 @@ class VolumeCache:
     def meta_path(self, key: str) -> Path:
         """Path of the JSON sidecar (modality mask, shape) of ``key``."""
         return self.root / f"{key}.json"
+
+    def lock_path(self, key: str) -> Path:
+        """Path of the lock file held while ``key`` is built."""
+        return self.root / f"{key}.lock"
 
     def load(self, key: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
         """Memory-mapped array and modality mask, or None if absent or corrupt."""
@@ -241,113 +309,37 @@ class VolumeCache:
         shape: tuple[int, ...],
         build: Callable[[], tuple[np.ndarray, np.ndarray]],
         info: dict[str, Any] | None = None,
+        wait: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Read ``key`` from the cache, building and storing it first when needed."""
+        """Read ``key`` from the cache, building and storing it first when needed.
+
+        The build runs under the entry's lock: a process that finds another building
+        the same entry waits for it and reads its result (see the module docstring), or,
+        without ``wait``, raises :class:`EntryBusy` so that it can build other entries first.
+        """
         found = self.load(key, shape)
         if found is not None:
             self.hits += 1
             return found
-        arr, mask = build()
-        if tuple(arr.shape) != tuple(shape):
-            raise ValueError(
-                f"preprocessed array must have shape {tuple(shape)}, got {tuple(arr.shape)} "
-                f"({info or key})"
-            )
-        self.save(key, arr, mask, info or {})
-        self.builds += 1
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = self.lock_path(key)
+        fd = _lock(lock, wait)
+        try:
+            found = self.load(key, shape)  # written by another process while we waited
+            if found is not None:
+                self.hits += 1
+                return found
+            arr, mask = build()
+            if tuple(arr.shape) != tuple(shape):
+                raise ValueError(
+                    f"preprocessed array must have shape {tuple(shape)}, got "
+                    f"{tuple(arr.shape)} ({info or key})"
+                )
+            self.save(key, arr, mask, info or {})
+            self.builds += 1
+        finally:
+            _unlock(lock, fd)
         found = self.load(key, shape)
         if found is None:  # pragma: no cover - disk full or similar
             raise OSError(f"cache entry must be readable after writing, got none ({key})")
         return found
-
-
-def cache_subjects(
-    table: pd.DataFrame,
-    cache: VolumeCache,
-    grid: Grid,
-    channels: int,
-    pet_reference: str,
-    manifest: str | Path = "manifest",
-    accept_flagged: bool = False,
-    records: list[dict[str, str]] | None = None,
-) -> tuple[list[str], np.ndarray]:
-    """Make sure every subject of ``table`` is cached; return array paths and modality masks.
-
-    Parameters
-    ----------
-    table
-        Cohort rows (``subject_id``, ``mri``, ``pet``; ``pet`` "" when missing).
-    cache
-        Where arrays are stored.
-    grid, channels, pet_reference
-        Preprocessing settings (see :func:`~gazimed_lab.data.transforms.preprocess_subject`).
-    manifest
-        Manifest path, for messages.
-    accept_flagged
-        Use images flagged as probably not in MNI space (``data.accept_flagged_images``);
-        otherwise they are refused, also when an earlier run cached them.
-    records
-        When given, one dict per volume used is appended: ``subject_id`` (and
-        ``session_id`` when the table has sessions), ``modality``, ``file``,
-        ``grid_action`` and ``flag`` ("" when not flagged; several joined by "; ").
-
-    Returns
-    -------
-    paths : list of str
-        The ``.npy`` file of each subject, in table order.
-    modality_masks : ndarray, float32, (N, 2)
-
-    Raises
-    ------
-    ManifestError
-        Listing every subject whose images could not be loaded or normalized.
-    """
-    paths: list[str] = []
-    masks: list[np.ndarray] = []
-    problems: list[str] = []
-    shape = (int(channels), *grid.shape)
-    sessions = "session_id" in table.columns
-    for i, row in enumerate(table.itertuples(index=False)):
-        mri, sid = str(row.mri), str(row.subject_id)
-        session = {"session_id": str(row.session_id)} if sessions else {}
-        who = f"subject `{sid}`" + (f", session `{row.session_id}`" if sessions else "")
-        pet = str(row.pet) if channels >= 2 and isinstance(row.pet, str) and row.pet else None
-        settings = {
-            "pet_reference": pet_reference if pet else None,
-            "mri_normalization": MRI_NORMALIZATION,
-            "dtype": str(cache.dtype),
-        }
-        notes: dict[str, Any] = {}
-        try:
-            key = volume_key(mri, pet, grid.key(), channels, settings)
-            _, mask = cache.get_or_build(
-                key,
-                shape,
-                functools.partial(preprocess_subject, mri, pet, grid, channels, pet_reference,
-                                  sid, accept_flagged, notes),
-                info={"subject_id": sid, **session, "mri": mri, "pet": pet or "", "qa": notes},
-            )
-            qa = notes if notes else cache.read_info(key).get("qa", {})
-            flagged = [str(f) for f in qa.get("flagged", [])]
-            if flagged and not accept_flagged:  # cached by a run that accepted them
-                raise ImageError("; ".join(flagged))
-        except CacheFullError:
-            raise  # the same for every subject: once, not per subject
-        except (ImageError, OSError) as exc:
-            problems.append(f"{who}: {exc}")
-            continue
-        if records is not None:
-            actions = qa.get("grid_actions", {})
-            for modality, file in (("mri", mri), ("pet", pet)):
-                if file and modality in actions:
-                    flag = "; ".join(f for f in flagged if f.startswith(f"`{modality} "))
-                    records.append({"subject_id": sid, **session, "modality": modality,
-                                    "file": file, "grid_action": str(actions[modality]),
-                                    "flag": flag})
-        paths.append(str(cache.array_path(key)))
-        masks.append(np.asarray(mask, dtype=np.float32))
-        if (i + 1) % 50 == 0:
-            log.info("%d / %d volumes ready (%d built)", i + 1, len(table), cache.builds)
-    if problems:
-        raise ManifestError(problems, manifest)
-    return paths, np.asarray(masks, dtype=np.float32).reshape(-1, 2)

@@ -14,7 +14,7 @@ seeded per epoch (a resumed run sees the same batches as an uninterrupted one)
 and, with several processes, shared out so that the global batches equal those
 of one process with ``world_size * data.batch_size``.
 
-A batch is a dict::
+A batch is a dict (as the model receives it)::
 
     images             (B, C, D, H, W) float32   C = spec.channels (MRI, PET, PET - MRI)
     modality_mask      (B, 2) float32            [MRI present, PET present]
@@ -28,6 +28,14 @@ session, and a batch also holds ``session_id`` (list[str]) and ``subject_index``
 ((B,) int64, the subject's position in its split: the metrics average a subject's
 sessions, so no subject counts twice). The splits stay subject-level (see
 :func:`~gazimed_lab.data.splits.make_splits`).
+
+Under a running Lightning trainer the loaders serve ``images`` in the cache dtype
+(float16 by default: half the bytes to copy, pin and send) and
+:meth:`MNIDataModule.on_after_batch_transfer` turns them into float32 on the
+training device, then augments training batches there
+(:class:`~gazimed_lab.data.augment.BatchAugment`, deterministic per subject and
+epoch). Loaders used outside a running trainer convert and augment in the loader
+(:mod:`gazimed_lab.data.batches`), so a model never receives float16 images.
 """
 
 from __future__ import annotations
@@ -39,11 +47,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
-from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.trainer.states import TrainerFn, TrainerStatus
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from gazimed_lab.data.cache import VolumeCache, cache_subjects
+from gazimed_lab.data.augment import BatchAugment
+from gazimed_lab.data.batches import BatchCollate, as_float32
+from gazimed_lab.data.cache import VolumeCache
+from gazimed_lab.data.cache_build import cache_subjects
 from gazimed_lab.data.clinical import ClinicalStats, align_feature_columns
 from gazimed_lab.data.grid import Grid, grid_from_config
 from gazimed_lab.data.manifest import RESERVED_COLUMNS, Cohort, read_manifest
@@ -56,7 +67,7 @@ from gazimed_lab.data.splits import (
     make_splits,
     write_splits,
 )
-from gazimed_lab.data.transforms import TrainAugment, VolumeDataset
+from gazimed_lab.data.transforms import VolumeDataset
 
 __all__ = ["MNIDataModule", "build_dataset", "feature_columns_for", "subject_loader"]
 
@@ -82,15 +93,17 @@ def feature_columns_for(spec: InputSpec, manifest: str | Path) -> list[str] | No
 
 def build_dataset(table: pd.DataFrame, spec: InputSpec, cache: VolumeCache,
                   manifest: str | Path, name: str,
-                  augment: TrainAugment | None = None, accept_flagged: bool = False,
-                  records: list[dict[str, str]] | None = None) -> VolumeDataset:
+                  augment: BatchAugment | None = None, accept_flagged: bool = False,
+                  records: list[dict[str, str]] | None = None,
+                  workers: int = 0) -> VolumeDataset:
     """Cache a split's volumes (as ``spec`` says) and serve them with its features.
 
-    ``accept_flagged`` and ``records``: see :func:`~gazimed_lab.data.cache.cache_subjects`.
+    ``accept_flagged``, ``records`` and ``workers`` (processes building missing
+    entries): see :func:`~gazimed_lab.data.cache_build.cache_subjects`.
     """
     arrays, masks = cache_subjects(
         table, cache, spec.grid, spec.channels, spec.pet_reference, manifest,
-        accept_flagged=accept_flagged, records=records,
+        accept_flagged=accept_flagged, records=records, workers=workers,
     )
     features, feature_mask = spec.clinical.transform(table, source=f"{name} split")
     targets = pd.to_numeric(table["target"], errors="coerce").to_numpy(dtype=np.float32)
@@ -101,18 +114,26 @@ def build_dataset(table: pd.DataFrame, spec: InputSpec, cache: VolumeCache,
 
 def subject_loader(dataset: VolumeDataset, batch_size: int, num_workers: int = 0,
                    pin_memory: bool = False, train: bool = False, seed: int = 0,
-                   world: int = 1, rank: int = 0) -> DataLoader:
-    """Batches of ``dataset`` in :class:`SubjectSampler` order (this process's share)."""
+                   world: int = 1, rank: int = 0, on_device: bool = False) -> DataLoader:
+    """Batches of ``dataset`` in :class:`SubjectSampler` order (this process's share).
+
+    ``train`` shuffles and (when the dataset has augmentation) keys the items;
+    ``on_device``: see :class:`~gazimed_lab.data.batches.BatchCollate` (images in the
+    cache dtype, converted and augmented by the data module after the transfer).
+    """
+    augment = dataset.augment if train else None
+    served = dataset.as_stored(augment=augment is not None)
     sampler = SubjectSampler(
-        dataset, shuffle=train, seed=seed, num_replicas=world, rank=rank,
-        keyed=train and dataset.augment is not None,
+        served, shuffle=train, seed=seed, num_replicas=world, rank=rank,
+        keyed=augment is not None,
     )
     count = len(sampler)
     # A last batch of one sample breaks batch statistics: drop it in training only.
     drop_last = train and count > batch_size and count % batch_size == 1
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+        served, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
         num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        collate_fn=BatchCollate(on_device=on_device, augment=augment),
     )
 
 
@@ -163,6 +184,9 @@ class MNIDataModule(pl.LightningDataModule):
         self._checked_for_training = False
         self._image_records: dict[str, list[dict[str, str]]] = {}
         self._warned_flagged = False
+        #: Training augmentation (``data.augment``), applied to whole batches.
+        self.augment: BatchAugment | None = (
+            BatchAugment.from_config(data, seed=self.seed) if bool(data.augment) else None)
 
     # ------------------------------------------------------------------ tables
     def _prepare_tables(self) -> None:
@@ -266,15 +290,11 @@ class MNIDataModule(pl.LightningDataModule):
     def _build_dataset(self, name: str) -> VolumeDataset:
         table = self.splits[name]
         assert self.cohort is not None
-        augment = None
-        if name == "train" and bool(self.cfg.data.augment):
-            augment = TrainAugment.from_config(
-                self.cfg.data, seed=self.seed, spatial_size=self.img_size
-            )
+        augment = self.augment if name == "train" else None
         records: list[dict[str, str]] = []
         dataset = build_dataset(table, self.spec, self.cache, self.cohort.path, name, augment,
                                 accept_flagged=bool(self.cfg.data.accept_flagged_images),
-                                records=records)
+                                records=records, workers=int(self.cfg.data.cache_workers))
         self._image_records[name] = records
         self._write_image_records()
         return dataset
@@ -363,29 +383,59 @@ class MNIDataModule(pl.LightningDataModule):
             return 1, 0
         return int(trainer.world_size), int(trainer.global_rank)
 
+    def _served_by_trainer(self) -> bool:
+        """Whether a running trainer uses this data module (so its batch hooks run)."""
+        trainer = self.trainer
+        return (trainer is not None and getattr(trainer, "datamodule", None) is self
+                and trainer.state.status == TrainerStatus.RUNNING)
+
     def _loader(self, dataset: VolumeDataset, train: bool, shared: bool = True) -> DataLoader:
-        """Batches of ``dataset``; ``shared``: this process's share when several run."""
+        """Batches of ``dataset``; ``shared``: this process's share when several run.
+
+        A loader of this process's share, asked for by a running trainer that uses this
+        data module, leaves conversion and augmentation to :meth:`on_after_batch_transfer`.
+        """
         data = self.cfg.data
         world, rank = self._processes() if shared else (1, 0)
         return subject_loader(dataset, int(data.batch_size), int(data.num_workers),
-                              bool(data.pin_memory), train, self.seed, world, rank)
+                              bool(data.pin_memory), train, self.seed, world, rank,
+                              on_device=shared and self._served_by_trainer())
+
+    def finish_batch(self, batch: dict[str, Any], train: bool = False) -> dict[str, Any]:
+        """Make a transferred batch what the model receives: float32 images, augmented in training.
+
+        What :meth:`on_after_batch_transfer` does. ``images`` become float32 on their
+        device (a GPU converts there); with ``train`` and an ``augment_key`` in the batch
+        (keyed training items) :attr:`augment` transforms each subject from (seed,
+        epoch, subject) on the same device. ``augment_key`` is removed.
+        """
+        keys = batch.pop("augment_key", None)
+        images, fresh = as_float32(batch["images"])
+        if train and keys is not None and self.augment is not None:
+            images = self.augment(images, batch["modality_mask"], keys, inplace=fresh)
+        batch["images"] = images
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Lightning hook: :meth:`finish_batch`, augmenting while the trainer trains."""
+        if not isinstance(batch, dict) or "images" not in batch:
+            return batch
+        trainer = self.trainer
+        return self.finish_batch(batch, train=trainer is not None and trainer.training)
 
     def split_dataloader(self, name: str, augment: bool = False) -> DataLoader:
         """Loader over one split (``train``/``val``/``test``), in subject order.
 
         Without ``augment`` even the train split is served unaugmented and
         unshuffled (e.g. to write predictions for every split). Always the whole
-        split, also in a multi-process run.
+        split, also in a multi-process run, and always float32 (converted, and
+        augmented with ``augment``, in the loader).
         """
         if name not in self.splits:
             raise ValueError(f"`split` must be one of {sorted(self.splits)}, got {name!r}")
         dataset = self._dataset(name)
         if not augment and dataset.augment is not None:
-            dataset = VolumeDataset(
-                dataset.arrays, dataset.modality_masks, dataset.features,
-                dataset.feature_mask, dataset.targets, dataset.subject_ids, None,
-                dataset.session_ids,
-            )
+            dataset = dataset.as_stored(augment=False)
         return self._loader(dataset, train=augment, shared=False)
 
     def train_dataloader(self) -> DataLoader:

@@ -1,47 +1,36 @@
-"""Per-subject preprocessing, training augmentation (MONAI) and the Dataset.
+"""Per-subject preprocessing and the Dataset of cached volumes.
 
 :func:`preprocess_subject` turns one subject's MRI (and PET) files into the
 (C, D, H, W) float32 array that is cached: load, conform each to the grid through
 its own affine (MRI and PET may come on different grids), check that the two agree
-in world space, normalize, stack the channels.
-:class:`TrainAugment` applies small random affine, intensity and noise
-transforms to that array during training only. :class:`VolumeDataset` serves
-cached arrays with their clinical features as batch items.
+in world space, normalize, stack the channels. :class:`VolumeDataset` serves
+cached arrays with their clinical features as batch items. Training augmentation
+runs on whole batches (:class:`~gazimed_lab.data.augment.BatchAugment`).
 """
 
 from __future__ import annotations
 
-import math
+import copy
 from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import (
-    Compose,
-    RandAffine,
-    RandGaussianNoise,
-    RandScaleIntensity,
-    RandShiftIntensity,
-)
 from torch.utils.data import Dataset
 
-from gazimed_lab.config import DataConfig
 from gazimed_lab.data.agreement import agreement_problem, pair_agreement
+from gazimed_lab.data.batches import as_float32
 from gazimed_lab.data.grid import Grid
 from gazimed_lab.data.images import ImageError, conform_flagged, load_volume
 from gazimed_lab.data.normalize import normalize_mri, normalize_pet, pet_minus_mri
-from gazimed_lab.data.sampling import derive_seed
 
 __all__ = [
     "MRI_NORMALIZATION",
-    "TrainAugment",
     "VolumeDataset",
     "preprocess_subject",
 ]
 
 #: Name of the MRI normalization, part of the cache key.
 MRI_NORMALIZATION = "zscore_brain_mask"
-_DATA = DataConfig()  # TrainAugment's defaults are the config's ``aug_*`` (typed once)
 
 
 def _named(func: Any, where: str, *args: Any) -> np.ndarray:
@@ -145,114 +134,6 @@ def preprocess_subject(
     return image, mask
 
 
-class TrainAugment:
-    """Random small affine, intensity scale/shift and Gaussian noise (MONAI).
-
-    Each transform fires with probability ``prob``. The affine is applied to
-    all channels jointly; intensity changes are drawn per channel. PET
-    channels of a subject without PET are zero again afterwards. The defaults
-    are the ``aug_*`` fields of :class:`~gazimed_lab.config.DataConfig`.
-
-    Parameters
-    ----------
-    prob
-        Probability of each transform.
-    rotate_deg
-        Maximum rotation about each axis, degrees.
-    scale
-        Maximum relative zoom (factor drawn in ``1 +/- scale``).
-    translate_vox
-        Maximum shift along each axis, voxels.
-    intensity
-        Maximum relative intensity scale and absolute shift.
-    noise_std
-        Maximum standard deviation of the added Gaussian noise.
-    padding_mode
-        How the affine fills voxels moved in from outside the field of view
-        (``zeros``, the default, matches the normalized volumes, which are 0
-        outside the brain mask; or ``border``).
-    seed
-        Base seed: :meth:`reseed` derives each draw's state from it, the epoch and
-        the subject index.
-    spatial_size
-        The (D, H, W) of the inputs, when known: the affine's sampling grid is
-        then computed once and reused.
-    """
-
-    def __init__(
-        self,
-        prob: float = _DATA.aug_prob,
-        rotate_deg: float = _DATA.aug_rotate_deg,
-        scale: float = _DATA.aug_scale,
-        translate_vox: float = _DATA.aug_translate_vox,
-        intensity: float = _DATA.aug_intensity,
-        noise_std: float = _DATA.aug_noise_std,
-        padding_mode: str = "zeros",
-        seed: int = 0,
-        spatial_size: tuple[int, int, int] | None = None,
-    ) -> None:
-        rot = math.radians(rotate_deg)
-        spatial = []
-        if rotate_deg or scale or translate_vox:  # an identity resampling would only cost time
-            spatial.append(RandAffine(
-                prob=prob,
-                rotate_range=(rot, rot, rot),
-                scale_range=(scale, scale, scale),
-                translate_range=(translate_vox, translate_vox, translate_vox),
-                mode="bilinear",
-                padding_mode=padding_mode,
-                spatial_size=spatial_size,
-                cache_grid=spatial_size is not None,
-            ))
-        self.transform = Compose(
-            [
-                *spatial,
-                RandScaleIntensity(factors=intensity, prob=prob, channel_wise=True),
-                RandShiftIntensity(offsets=intensity, prob=prob, channel_wise=True),
-                RandGaussianNoise(prob=prob, mean=0.0, std=noise_std),
-            ]
-        )
-        self.seed = int(seed)
-        self.set_random_state(seed)
-
-    @classmethod
-    def from_config(
-        cls, data: Any, seed: int = 0, spatial_size: tuple[int, int, int] | None = None
-    ) -> TrainAugment:
-        """Build from a config's ``data`` section (``aug_*`` fields)."""
-        return cls(
-            prob=float(data.aug_prob),
-            rotate_deg=float(data.aug_rotate_deg),
-            scale=float(data.aug_scale),
-            translate_vox=float(data.aug_translate_vox),
-            intensity=float(data.aug_intensity),
-            noise_std=float(data.aug_noise_std),
-            seed=seed,
-            spatial_size=spatial_size,
-        )
-
-    def set_random_state(self, seed: int) -> None:
-        """Reseed every random transform."""
-        self.transform.set_random_state(seed=int(seed) % (2**32))
-
-    def reseed(self, epoch: int, index: int) -> None:
-        """Make the next draw a function of (seed, epoch, subject index) only.
-
-        Augmentation then does not depend on DataLoader workers, batch order or a
-        resume from a checkpoint.
-        """
-        self.set_random_state(derive_seed(self.seed, epoch, index))
-
-    def __call__(self, image: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
-        """Augment one (C, D, H, W) float32 tensor."""
-        out = self.transform(image)
-        out = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
-        out = out.to(torch.float32).contiguous()
-        if out.shape[0] > 1 and float(modality_mask[1]) == 0.0:
-            out[1:] = 0.0
-        return out
-
-
 class VolumeDataset(Dataset):
     """Subjects of one split: cached volumes, clinical features and targets.
 
@@ -269,7 +150,9 @@ class VolumeDataset(Dataset):
     subject_ids
         N subject ids.
     augment
-        Training augmentation, or None (val / test / predict).
+        Training augmentation (a :class:`~gazimed_lab.data.augment.BatchAugment`),
+        applied to whole batches by the loaders and the data module, or None (val /
+        test / predict).
     session_ids
         N session ids when the manifest has sessions (rows are sessions), else None.
         Items then also hold ``session_id`` and ``subject_index`` (the position of the
@@ -277,8 +160,12 @@ class VolumeDataset(Dataset):
         to average a subject's sessions.
 
     Items are indexed by subject position, or by ``(epoch, index)`` (what
-    :class:`~gazimed_lab.data.sampling.SubjectSampler` yields in training): the
-    augmentation of a keyed item is then reproducible on its own.
+    :class:`~gazimed_lab.data.sampling.SubjectSampler` yields in training): such an
+    item also holds ``augment_key`` ``(epoch, index)`` when the dataset augments,
+    from which the batch augmentation draws that subject's transforms. Indexed
+    directly, an item's ``images`` are float32; the loaders read them in the cache
+    dtype (:meth:`as_stored`) and convert whole batches
+    (:mod:`gazimed_lab.data.batches`).
     """
 
     def __init__(
@@ -289,7 +176,7 @@ class VolumeDataset(Dataset):
         feature_mask: np.ndarray,
         targets: np.ndarray,
         subject_ids: list[str],
-        augment: TrainAugment | None = None,
+        augment: Any = None,
         session_ids: list[str] | None = None,
     ) -> None:
         self.arrays = list(arrays)
@@ -302,20 +189,29 @@ class VolumeDataset(Dataset):
         self.session_ids = None if session_ids is None else [str(s) for s in session_ids]
         first: dict[str, int] = {}
         self.subject_index = [first.setdefault(s, len(first)) for s in self.subject_ids]
+        self.stored_dtype = False
+
+    def as_stored(self, augment: bool = True) -> VolumeDataset:
+        """Return a view of this dataset whose items keep the cache dtype (the loaders' view).
+
+        ``augment=False`` also drops the augmentation (an unaugmented train loader).
+        """
+        view = copy.copy(self)
+        view.stored_dtype = True
+        if not augment:
+            view.augment = None
+        return view
 
     def __len__(self) -> int:
         return len(self.arrays)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (None, key)
-        # torch converts float16 -> float32 vectorized; numpy does it element by element
-        # (3.8x more samples/s at 4 mm, 1.7x at 2 mm: README, Performance).
-        image = torch.from_numpy(np.load(self.arrays[index])).float()
+        # A whole read into a NumPy array (huge pages for large arrays, see batches.py).
+        image = torch.from_numpy(np.load(self.arrays[index]))
+        if not self.stored_dtype and image.dtype != torch.float32:
+            image, _ = as_float32(image)  # torch converts float16 vectorized; numpy does not
         mask = torch.from_numpy(self.modality_masks[index].copy())
-        if self.augment is not None:
-            if epoch is not None:
-                self.augment.reseed(epoch, index)
-            image = self.augment(image, mask)
         item: dict[str, Any] = {
             "images": image,
             "modality_mask": mask,
@@ -324,6 +220,8 @@ class VolumeDataset(Dataset):
             "targets": torch.tensor(self.targets[index], dtype=torch.float32),
             "subject_id": self.subject_ids[index],
         }
+        if epoch is not None and self.augment is not None:
+            item["augment_key"] = (int(epoch), int(index))
         if self.session_ids is not None:
             item["session_id"] = self.session_ids[index]
             item["subject_index"] = torch.tensor(self.subject_index[index], dtype=torch.int64)
