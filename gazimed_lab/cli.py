@@ -94,11 +94,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         diff = result.differences[["model_a", "model_b", "difference", "low", "high"]]
         print(diff.round(3).to_string(index=False))
     if args.maps:
+        from gazimed_lab.checkpoints import load_checkpoint
         from gazimed_lab.evaluation.external import named_models
-        from gazimed_lab.evaluation.maps import group_maps, write_group_maps
+        from gazimed_lab.evaluation.maps import group_maps, reads_images, write_group_maps
         from gazimed_lab.paths import output_path, safe_name
 
         for name, ckpt in named_models(args.ckpt):
+            if not reads_images(load_checkpoint(ckpt)):
+                print(f"{name}: no image input, no group maps")
+                continue
             maps = group_maps(ckpt, args.manifest, group=args.maps,
                               max_subjects=args.maps_subjects)
             folder = write_group_maps(maps, output_path(args.out, "maps", safe_name(name)))

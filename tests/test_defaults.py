@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from gazimed_lab.config import DataConfig, ModelConfig, SystemConfig
-from gazimed_lab.data.splits import make_splits
 from gazimed_lab.data.augment import BatchAugment
+from gazimed_lab.data.splits import make_splits
 from gazimed_lab.models.encoders import SwinImageEncoder
 
 

@@ -31,11 +31,15 @@ def test_evaluate_maps_writes_group_maps_scored_against_the_truth(
     train = make_synthetic_cohort(tmp_path / "train", n_subjects=24, seed=3, grid="demo_4mm")
     cfg = cohort_config(train, tmp_path, *SMALL, "trainer.max_epochs=1")
     ckpt = train_and_evaluate(cfg).best_checkpoint
+    clinical = train_and_evaluate(cohort_config(
+        train, tmp_path, *SMALL, "trainer.max_epochs=1", "model.mode=clinical_only",
+        f"system.run_dir={tmp_path / 'clinical'}")).best_checkpoint
     # A generated cohort on the same grid, with truth/ beside it (never read by training).
     shutil.copytree(REPO / "data_samples", tmp_path / "external")
     external = tmp_path / "external" / "manifest.csv"
     out = tmp_path / "evaluate"
-    code = main(["evaluate", "--ckpt", f"full={ckpt}", "--manifest", str(external),
+    code = main(["evaluate", "--ckpt", f"full={ckpt}", "--ckpt", f"clin={clinical}",
+                 "--manifest", str(external),
                  "--out", str(out), "--n-boot", "20", "--no-figures", "--maps", "AD",
                  "--maps-subjects", "3"])
     assert code == 0, capsys.readouterr().err
@@ -50,7 +54,11 @@ def test_evaluate_maps_writes_group_maps_scored_against_the_truth(
     local = pd.read_csv(folder / "localization.csv").set_index("map")
     assert list(local.index) == ["AD MRI", "AD PET"]
     assert ((local >= 0) & (local <= 1)).all().all()
-    assert "auroc_mri" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "auroc_mri" in printed and "clin: no image input, no group maps" in printed
+    assert not (out / "maps" / "clin").exists()
+    with pytest.raises(ValueError, match=r"`checkpoint` must be a model that reads images"):
+        group_maps(clinical, external, cache_dir=tmp_path / "cache")
     # The map is the mean of the group's integrated gradients from the cohort-mean image.
     one = group_maps(ckpt, external, group="AD", max_subjects=1, steps=4,
                      cache_dir=tmp_path / "cache")

@@ -23,7 +23,7 @@ import torch
 from gazimed_lab.data.grid import Grid
 from gazimed_lab.data.images import problem
 
-__all__ = ["GroupMaps", "group_maps", "write_group_maps"]
+__all__ = ["GroupMaps", "group_maps", "reads_images", "write_group_maps"]
 
 #: Channel names of the image tensor, in order.
 MODALITIES = ("MRI", "PET", "PET-MRI")
@@ -44,6 +44,11 @@ class GroupMaps:
 def _batches(loader: Any, device: torch.device) -> Iterator[dict[str, Any]]:
     for batch in loader:
         yield {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def reads_images(model: Any) -> bool:
+    """Whether a loaded model has an image input (``model.mode`` other than clinical-only)."""
+    return str(model.cfg.model.mode) != "clinical_only"
 
 
 def group_maps(checkpoint: str | Path, manifest: str | Path, group: str = "AD",
@@ -81,7 +86,8 @@ def group_maps(checkpoint: str | Path, manifest: str | Path, group: str = "AD",
     Raises
     ------
     ValueError
-        If ``group_column`` is not a column of the manifest or no subject is in ``group``.
+        If the model reads no image (clinical-only), if ``group_column`` is not a column
+        of the manifest or no subject is in ``group``.
     """
     from gazimed_lab.attribution import cohort_reference, group_attribution, regional_map
     from gazimed_lab.checkpoints import load_checkpoint
@@ -92,6 +98,10 @@ def group_maps(checkpoint: str | Path, manifest: str | Path, group: str = "AD",
     from gazimed_lab.evaluation.oracle import find_truth
 
     model = load_checkpoint(checkpoint)
+    if not reads_images(model):
+        raise ValueError(problem("checkpoint", "a model that reads images (group maps are "
+                                 "attributions to the images)", f"mode {model.cfg.model.mode!r}",
+                                 str(checkpoint)))
     device = model.device
     dm = PredictDataModule(model.spec, manifest,
                            cache_dir=cache_dir if cache_dir is not None else
