@@ -5,6 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gazimed-setup
 KERNEL := gazimed-lab
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` / `make test-fast` (0: one process). Each test file
+# runs in one worker (the browser and notebook tests share one: tests/conftest.py), with one
+# torch thread per worker.
+TEST_WORKERS ?= 2
+XDIST  := -n $(TEST_WORKERS) --dist loadfile
 LAB_ARGS ?=
 
 .PHONY: setup demo test test-fast lint typecheck lab clean-cache
@@ -25,10 +30,10 @@ demo: setup
 	$(BIN)/gazimed-lab demo
 
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow and not notebooks" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow and not notebooks" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check gazimed_lab tests benchmarks

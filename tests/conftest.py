@@ -13,6 +13,10 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest-xdist workers on two cores: one torch/OpenMP thread per
+    # process (and its kernels and subprocesses) instead of two each, which stalls.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from gazimed_lab.config import load_config
 from gazimed_lab.data.grid import get_grid, template_on_grid
@@ -131,3 +135,27 @@ def cohort_config(manifest: Path, tmp_path: Path, *extra: str) -> Any:
         f"system.run_dir={tmp_path / 'run'}",
         *extra,
     ])
+
+
+
+#: Test modules that share one session fixture (the quick pipeline run, trained once and
+#: copied by the browser tests): under ``--dist loadfile`` they run in the same worker.
+SHARED_WORKER = {"tests/test_browser.py": "pipeline", "tests/test_notebooks.py": "pipeline"}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` (as ``make test`` runs), with :data:`SHARED_WORKER` as one file.
+
+    (``--dist loadgroup`` cannot do this with pytest 9: xdist renames ``item._nodeid``,
+    which pytest 9 no longer reads.)
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SHARED_WORKER.get(module, module)
+
+    return ModuleScheduling(config, log)

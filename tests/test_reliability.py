@@ -235,7 +235,9 @@ def test_truncated_or_foreign_checkpoint_is_named(finished_run, tmp_path):
 def test_weights_that_do_not_fit_their_config_are_named(finished_run, tmp_path):
     result, _, _ = finished_run
     ckpt = torch.load(result.best_checkpoint, weights_only=True)
-    ckpt["hyper_parameters"]["cfg"]["model"]["fusion_dim"] = 48
+    # the cpu-demo preset reads images through the regions pathway: fusion_dim has no
+    # weights there, the clinical encoder's width does
+    ckpt["hyper_parameters"]["cfg"]["model"]["clinical_out_dim"] = 24
     bad = tmp_path / "bad.ckpt"
     torch.save(ckpt, bad)
     with pytest.raises(CheckpointError, match=r"weights must fit the config.*bad\.ckpt"):
