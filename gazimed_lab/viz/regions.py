@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from gazimed_lab.viz._figures import _axes, _new_figure, figure_of, save_figure
 
@@ -55,6 +56,8 @@ def plot_region_report(report: pd.DataFrame, top: int = 8, axes: Any = None,
         ax.set_title(str(name), fontsize="medium")
         ax.set_xlabel("mean |map| in the region", fontsize="small")
         ax.grid(alpha=0.3, axis="x")
+        ax.xaxis.set_major_locator(MaxNLocator(4))  # small values: few, readable ticks
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
     fig.suptitle(title or f"Top {top} atlas regions of each map (mean |map|)")
     if axes is None:
         fig.tight_layout()
