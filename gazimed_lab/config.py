@@ -68,8 +68,9 @@ CACHE_DTYPES: tuple[str, ...] = ("float16", "float32")
 #: ``model.image_pathway``: Swin encoders with cross-attention, atlas-region means, or both.
 IMAGE_PATHWAYS: tuple[str, ...] = ("swin", "regions", "swin+regions")
 #: ``model.region_readout``: how the regions pathway maps its standardized regional means
-#: to its output: an MLP, or one linear map (a ridge-like regional score).
-REGION_READOUTS: tuple[str, ...] = ("mlp", "linear")
+#: to its output: an MLP, one linear map trained with the network (a ridge-like regional
+#: score), or one ridge regression fitted in closed form before training and kept fixed.
+REGION_READOUTS: tuple[str, ...] = ("mlp", "linear", "ridge")
 #: ``model.pretrained_encoders``: which Swin encoders ``model.pretrained`` initializes.
 PRETRAINED_TARGETS: tuple[str, ...] = ("both", "mri", "pet")
 #: ``trainer.gradient_clip_algorithm``.
@@ -178,8 +179,9 @@ class ModelConfig:
     #: Atlas of the ``regions`` pathway: ``aal``, ``aal3`` (shipped), or a label NIfTI path
     #: with a names file beside it (same stem, ``.txt``).
     region_atlas: str = "aal"
-    #: ``mlp`` or ``linear`` (:data:`REGION_READOUTS`): the regions pathway's readout of its
-    #: standardized regional means.
+    #: ``mlp``, ``linear`` or ``ridge`` (:data:`REGION_READOUTS`): the regions pathway's
+    #: readout of its standardized regional means (``ridge``: fitted in closed form on the
+    #: training split before the first epoch, then fixed; needs ``region_dim: 1``).
     region_readout: str = "mlp"
     #: Output width of the regions pathway; ``None`` = ``fusion_dim``.
     region_dim: int | None = None
@@ -453,6 +455,9 @@ def _validate(cfg: DictConfig) -> None:
          one_of(REGION_READOUTS), cfg.model.region_readout),
         (cfg.model.region_dim is None or cfg.model.region_dim >= 1, "model.region_dim",
          ">= 1 (or null: model.fusion_dim)", cfg.model.region_dim),
+        (cfg.model.region_readout != "ridge" or cfg.model.region_dim == 1, "model.region_dim",
+         "1 with model.region_readout=ridge (one fitted regional score)",
+         cfg.model.region_dim),
         (cfg.model.pretrained_encoders in PRETRAINED_TARGETS, "model.pretrained_encoders",
          one_of(PRETRAINED_TARGETS), cfg.model.pretrained_encoders),
         (cfg.model.freeze_encoders_epochs >= 0, "model.freeze_encoders_epochs", ">= 0",

@@ -15,6 +15,7 @@ from gazimed_lab.data.atlas import atlas_on_grid
 from gazimed_lab.data.grid import get_grid
 from gazimed_lab.models import MultimodalAlzheimersNet, param_groups
 from gazimed_lab.models.regions import RegionEncoder
+from gazimed_lab.models.ridge import RIDGE_ALPHAS, RidgeFit
 from gazimed_lab.models.standardize import FittedStandardize
 
 
@@ -66,7 +67,7 @@ def test_region_statistics_count_pet_only_where_it_is_present():
     present = torch.tensor([True, False, True, True, False, True])
     x[~present, 1] = 0.0  # a missing PET is zeros in the batch
     assert not enc.fitted
-    assert enc.fit_statistics([(x[:4], present[:4]), (x[4:], present[4:])]) == 6
+    assert enc.fit_statistics([(x[:4], present[:4], None), (x[4:], present[4:], None)]) == 6
     assert enc.fitted
     means = enc.pool(x)
     assert enc.mri_norm is not None and enc.pet_norm is not None
@@ -79,19 +80,75 @@ def test_linear_readout_and_its_width():
     enc = RegionEncoder(_masks(), 1, 1, out_dim=1, readout="linear")
     assert isinstance(enc.mlp, torch.nn.Linear) and enc.mlp.out_features == 1
     assert enc.mlp.in_features == 3 + 3 + 1  # MRI and PET regions, PET presence
-    with pytest.raises(ValueError, match=r"`region_readout` must be one of mlp, linear, got "
-                                         r"'ridge'"):
-        RegionEncoder(_masks(), 1, 1, out_dim=1, readout="ridge")
+    with pytest.raises(ValueError, match=r"`region_readout` must be one of mlp, linear, ridge, "
+                                         r"got 'lasso'"):
+        RegionEncoder(_masks(), 1, 1, out_dim=1, readout="lasso")
     net = MultimodalAlzheimersNet(in_channels=2, **{
         **TINY, "image_pathway": "regions", "region_masks": _masks(),
         "region_readout": "linear", "region_dim": 1}).eval()
     assert net.image_width == 1 and net.needs_statistics
     out = net(*net_inputs(tiny_batch()))
     assert out.shape == (4,) and torch.isfinite(out).all()
-    with pytest.raises(ConfigError, match=r"`model.region_readout` must be one of mlp, linear"):
-        load_config("cpu-demo", overrides=["model.region_readout=ridge"])
+    with pytest.raises(ConfigError, match=r"`model.region_readout` must be one of mlp, linear, "
+                                          r"ridge"):
+        load_config("cpu-demo", overrides=["model.region_readout=lasso"])
     with pytest.raises(ConfigError, match=r"`model.region_dim` must be >= 1"):
         load_config("cpu-demo", overrides=["model.region_dim=0"])
+
+
+def test_ridge_fit_equals_scikit_learns_ridgecv_on_rows_given_in_parts():
+    from sklearn.linear_model import RidgeCV
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 7)) * np.arange(1.0, 8.0)
+    y = x @ rng.normal(size=7) * 0.2 + rng.normal(size=90) + 3.0
+    fit = RidgeFit(7)
+    for part in np.array_split(np.arange(90), 4):
+        fit.accumulate(torch.tensor(x[part]), torch.tensor(y[part]))
+    got = fit.solve()
+    expected = RidgeCV(alphas=[a * 90 for a in RIDGE_ALPHAS]).fit(x, y)
+    assert got.rows == 90 and got.alpha * 90 == pytest.approx(expected.alpha_)
+    np.testing.assert_allclose(got.coef.numpy(), expected.coef_, atol=1e-8)
+    assert got.intercept == pytest.approx(expected.intercept_, abs=1e-8)
+    assert min(got.loo_mse, key=got.loo_mse.__getitem__) == got.alpha
+    with pytest.raises(ValueError, match=r"at least 3 training rows, got 2"):
+        two = RidgeFit(7)
+        two.accumulate(torch.tensor(x[:2]), torch.tensor(y[:2]))
+        two.solve()
+    with pytest.raises(ValueError, match=r"must be \(n, 7\) with n targets, got \(3, 6\) and 3"):
+        RidgeFit(7).accumulate(torch.tensor(x[:3, :6]), torch.tensor(y[:3]))
+    with pytest.raises(ValueError, match=r"must be finite, got NaN or inf"):
+        RidgeFit(7).accumulate(torch.tensor(x[:3]), torch.tensor([1.0, float("nan"), 2.0]))
+
+
+def test_ridge_readout_is_fitted_with_the_standardization_and_never_trained():
+    torch.manual_seed(2)
+    enc = RegionEncoder(_masks(), mri_channels=1, pet_channels=1, out_dim=1, readout="ridge")
+    assert not any(p.requires_grad for p in enc.parameters()) and not enc.fitted
+    x = torch.randn(40, 2, *GRID)
+    present = torch.rand(40) > 0.2
+    x[~present, 1] = 0.0
+    means = enc.pool(x)
+    target = (0.5 + 0.1 * (means[:, 0, 0] - means[:, 0, 1]) / means[:, 0].std()
+              + 0.05 * torch.randn(40))
+    with pytest.raises(ValueError, match=r"must see the training targets"):
+        enc.fit_statistics([(x, present, None)])
+    assert enc.fit_statistics([(x[:25], present[:25], target[:25]),
+                               (x[25:], present[25:], target[25:])]) == 40
+    assert enc.fitted and enc.ridge_alpha is not None
+    features = enc._features(means, present)  # standardized with the fitted statistics
+    refit = RidgeFit(features.shape[1])
+    refit.accumulate(features, target)
+    expected = refit.solve()
+    assert float(enc.ridge_alpha) == pytest.approx(expected.alpha)
+    assert torch.allclose(enc(x, present).squeeze(1),
+                          (features.double() @ expected.coef + expected.intercept).float(),
+                          atol=1e-4)
+    with pytest.raises(ValueError, match=r"`region_dim` must be 1 with `region_readout` ridge"):
+        RegionEncoder(_masks(), 1, 1, out_dim=4, readout="ridge")
+    with pytest.raises(ConfigError, match=r"`model.region_dim` must be 1 with "
+                                          r"model.region_readout=ridge"):
+        load_config("cpu-demo", overrides=["model.region_readout=ridge", "model.region_dim=2"])
 
 
 def test_image_lr_scale_reaches_the_region_encoder():
@@ -126,6 +183,37 @@ def test_fit_standardizes_regions_with_the_training_split(tiny_cohort: Path, tmp
     expected = pool(images)[:, 0].mean(dim=0)
     assert torch.allclose(state["model.region_encoder.mri_norm.running_mean"], expected,
                           atol=1e-4)
+
+
+def test_a_ridge_readout_keeps_its_fit_through_training_and_checkpoints(tiny_cohort: Path,
+                                                                        tmp_path: Path):
+    from gazimed_lab.models.lightning import AlzheimersLightningModule
+    from gazimed_lab.runner import train_and_evaluate
+
+    cfg = cohort_config(tiny_cohort, tmp_path, *SMALL, "trainer.max_epochs=2",
+                        "model.mode=image_only", "model.region_readout=ridge",
+                        "model.region_dim=1", "data.augment=false")
+    result = train_and_evaluate(cfg)
+    module = AlzheimersLightningModule.load_from_checkpoint(result.best_checkpoint)
+    enc = module.model.region_encoder
+    assert enc is not None and enc.fitted and torch.isfinite(enc.ridge_alpha)
+    # the readout is the ridge regression of the training split's targets, untouched by
+    # two epochs of training: refit it from the cached training volumes
+    from gazimed_lab.data.datamodule import MNIDataModule
+
+    dm = MNIDataModule(cfg, run_dir=tmp_path / "check")
+    dm.setup("fit")
+    items = [dm.train_dataset[i] for i in range(len(dm.train_dataset))]
+    images = torch.stack([item["images"] for item in items])
+    present = torch.stack([item["modality_mask"] for item in items])[:, 1] > 0.5
+    targets = torch.stack([torch.as_tensor(item["targets"]) for item in items]).float()
+    with torch.no_grad():
+        features = enc._features(enc.pool(images), present)
+    refit = RidgeFit(features.shape[1])
+    refit.accumulate(features, targets)
+    expected = refit.solve()
+    assert float(enc.ridge_alpha) == pytest.approx(expected.alpha)
+    assert torch.allclose(enc.mlp.weight.double().squeeze(0), expected.coef, atol=1e-4)
 
 
 def test_template_lateral_ventricles_lie_where_the_anatomy_has_them():

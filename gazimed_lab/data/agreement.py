@@ -60,6 +60,7 @@ __all__ = [
     "MIN_FOV_OVERLAP",
     "PairAgreement",
     "agreement_problem",
+    "brain_and_rim",
     "field_of_view",
     "pair_agreement",
 ]
@@ -103,8 +104,8 @@ def field_of_view(shape: tuple[int, ...], affine: np.ndarray, grid: Grid) -> np.
 
 
 @lru_cache(maxsize=8)
-def _region(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """Return the MNI brain mask and that mask dilated by :data:`RIM_MM`, on ``grid``."""
+def brain_and_rim(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Return the MNI brain mask and that mask dilated by :data:`RIM_MM`, on ``grid`` (cached)."""
     brain = template_on_grid("brain_mask", grid) > 0
     distance = ndimage.distance_transform_edt(~brain, sampling=grid.voxel_size)
     brain.setflags(write=False)
@@ -140,7 +141,7 @@ def pair_agreement(mri: nib.spatialimages.SpatialImage, mri_conformed: np.ndarra
         ``fov_overlap`` and ``agreement`` (NaN when the region holds no voxel or a
         mask is constant there).
     """
-    brain, near = _region(grid)
+    brain, near = brain_and_rim(grid)
     fov_mri = field_of_view(mri.shape, mri.affine, grid)
     fov_pet = field_of_view(pet.shape, pet.affine, grid)
     both = fov_mri & fov_pet

@@ -28,7 +28,11 @@ from gazimed_lab.data.cache import CacheFullError, EntryBusy, VolumeCache, volum
 from gazimed_lab.data.grid import Grid
 from gazimed_lab.data.images import ImageError
 from gazimed_lab.data.manifest import ManifestError
-from gazimed_lab.data.transforms import MRI_NORMALIZATION, preprocess_subject
+from gazimed_lab.data.transforms import (
+    MRI_NORMALIZATION,
+    preprocess_subject,
+    warm_preprocessing,
+)
 
 __all__ = ["cache_subjects", "entry_key", "resolve_workers"]
 
@@ -179,17 +183,18 @@ def cache_subjects(
         else:
             cache.hits += 1
             done[i] = _Done(mask=np.asarray(found[1], dtype=np.float32))
-    n_workers = min(resolve_workers(int(workers)), len(missing) - 1)
+    n_workers = min(resolve_workers(int(workers)), len(missing))
+    if n_workers >= 2:
+        # The grid's masks, computed once here, are inherited by the forked workers.
+        warm_preprocessing(grid, channels, pet_reference)
     # Entries another process is building are skipped in a first pass and waited for in a
     # second: processes (or nodes) filling one cache share the work.
     for wait in (False, True):
         todo = [i for i in missing if (d := done[i]) is None or d.busy]
         if not todo:
             break
-        serial = todo if n_workers < 2 else todo[:1]
+        serial = todo if n_workers < 2 else []
         for count, i in enumerate(serial, 1):
-            # With workers, this process builds the first entry itself: the templates and
-            # masks it caches on the way are then inherited by the forked workers.
             done[i] = prepare(jobs[i], wait=wait)
             if count % 50 == 0:
                 log.info("%d / %d volumes built", cache.builds, len(missing))

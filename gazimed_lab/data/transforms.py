@@ -17,16 +17,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gazimed_lab.data.agreement import agreement_problem, pair_agreement
+from gazimed_lab.data.agreement import agreement_problem, brain_and_rim, pair_agreement
 from gazimed_lab.data.batches import as_float32
-from gazimed_lab.data.grid import Grid
+from gazimed_lab.data.grid import Grid, template_on_grid
 from gazimed_lab.data.images import ImageError, conform_flagged, load_volume
-from gazimed_lab.data.normalize import normalize_mri, normalize_pet, pet_minus_mri
+from gazimed_lab.data.normalize import (
+    normalize_mri,
+    normalize_pet,
+    pet_minus_mri,
+    reference_mask,
+)
 
 __all__ = [
     "MRI_NORMALIZATION",
     "VolumeDataset",
     "preprocess_subject",
+    "warm_preprocessing",
 ]
 
 #: Name of the MRI normalization, part of the cache key.
@@ -39,6 +45,23 @@ def _named(func: Any, where: str, *args: Any) -> np.ndarray:
         return np.asarray(func(*args), dtype=np.float32)
     except ValueError as exc:
         raise ImageError(f"{exc}; file: {where}") from exc
+
+
+def warm_preprocessing(grid: Grid, channels: int, pet_reference: str) -> None:
+    """Compute the per-grid masks :func:`preprocess_subject` reuses (cached per process).
+
+    The MNI brain mask, the normalization's reference regions and the pair-agreement
+    rim on ``grid``: a process that calls this before forking workers hands them the
+    masks, so no worker rebuilds them and none has to wait for a first subject.
+    """
+    template_on_grid("brain_mask", grid)
+    reference_mask("whole_brain", grid)
+    if channels >= 2:
+        brain_and_rim(grid)
+        try:
+            reference_mask(pet_reference, grid)
+        except ValueError:  # too coarse a grid: each subject's build reports it, by file
+            pass
 
 
 def preprocess_subject(

@@ -413,7 +413,7 @@ class AlzheimersLightningModule(pl.LightningModule):
         if loader is None:
             raise RuntimeError("the regions pathway must see the training batches to fit its "
                                "standardization, got no train dataloader")
-        keys = ("images", "modality_mask")
+        keys = ("images", "modality_mask", "targets")
         n = self.model.fit_statistics(  # type: ignore[operator]
             {k: batch[k].to(self.device) for k in keys if k in batch} for batch in loader)
         log.info("fitted the regions pathway's standardization on %d training subjects", n)

@@ -215,22 +215,23 @@ class MultimodalAlzheimersNet(nn.Module):
     def fit_statistics(self, batches: Iterable[Mapping[str, Any]]) -> int:
         """Fit the regions pathway's standardization on training batches; return the subjects.
 
-        ``batches`` yield dicts with ``images`` and ``modality_mask`` (the data module's
-        batches); the PET statistics use the subjects whose PET is present. The
-        LightningModule calls this once, before the first training epoch.
+        ``batches`` yield dicts with ``images``, ``modality_mask`` and ``targets`` (the
+        data module's batches; ``targets`` needed by a ``ridge`` readout only); the PET
+        statistics use the subjects whose PET is present. The LightningModule calls this
+        once, before the first training epoch.
         """
         encoder = self.region_encoder
         if encoder is None:
             return 0
 
-        def pairs() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        def rows() -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
             for batch in batches:
                 images = self._check_images(batch["images"])
                 mask = batch.get("modality_mask")
                 present = (mask[:, 1] > 0.5) if self.pet_channels and mask is not None else None
-                yield images[:, self.first_channel:], present
+                yield images[:, self.first_channel:], present, batch.get("targets")
 
-        return encoder.fit_statistics(pairs())
+        return encoder.fit_statistics(rows())
 
     # ------------------------------------------------------------------ forward
     def _check_images(self, images: torch.Tensor | None) -> torch.Tensor:

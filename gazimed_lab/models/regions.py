@@ -7,9 +7,13 @@ that view directly: each channel's mean in each atlas region (a fixed, normalize
 mask matrix, rebuilt from the grid and not saved in checkpoints), standardized with
 the training split's statistics
 (:class:`~gazimed_lab.models.standardize.FittedStandardize`, fitted once before the
-first epoch), then a readout: an MLP, or one linear map (``readout="linear"``). A
-subject without PET has its PET region features replaced by the mean (0 after
-standardization) and a presence flag; its PET tensor is never read.
+first epoch), then a readout: an MLP, one linear map trained with the network
+(``readout="linear"``), or one linear map fitted in closed form at the same time as
+the standardization and then kept fixed (``readout="ridge"``: a ridge regression of
+the target on the standardized means, its penalty chosen by leave-one-out error,
+:mod:`gazimed_lab.models.ridge`). A subject without PET has its PET region features
+replaced by the mean (0 after standardization) and a presence flag; its PET tensor
+is never read.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import nn
 
 from gazimed_lab.config import REGION_READOUTS
 from gazimed_lab.models.clinical import mlp
+from gazimed_lab.models.ridge import RidgeFit
 from gazimed_lab.models.standardize import FittedStandardize
 
 __all__ = ["RegionEncoder", "RegionPooling"]
@@ -80,8 +85,10 @@ class RegionEncoder(nn.Module):
     out_dim, dropout
         Output width; dropout in the MLP.
     readout
-        ``mlp`` (one hidden layer of ``out_dim``) or ``linear`` (one linear map: with
-        ``out_dim = 1``, a ridge-like regional score).
+        ``mlp`` (one hidden layer of ``out_dim``), ``linear`` (one linear map: with
+        ``out_dim = 1``, a ridge-like regional score) or ``ridge`` (``out_dim = 1``:
+        the ridge regression of the target, fitted by :meth:`fit_statistics`, not
+        trained).
     """
 
     def __init__(self, masks: np.ndarray | torch.Tensor, mri_channels: int, pet_channels: int,
@@ -92,6 +99,9 @@ class RegionEncoder(nn.Module):
                              f"got {readout!r}")
         if int(out_dim) < 1:
             raise ValueError(f"`region_dim` must be >= 1, got {out_dim}")
+        if readout == "ridge" and int(out_dim) != 1:
+            raise ValueError(f"`region_dim` must be 1 with `region_readout` ridge (one fitted "
+                             f"regional score), got {out_dim}")
         if mri_channels not in (0, 1) or pet_channels not in (0, 1, 2) or not (
                 mri_channels + pet_channels):
             raise ValueError(
@@ -106,25 +116,40 @@ class RegionEncoder(nn.Module):
         width = r * (self.mri_channels + self.pet_channels) + (1 if self.pet_channels else 0)
         self.readout = readout
         self.out_dim = int(out_dim)
+        self.width = width
         self.mlp: nn.Module = (mlp(width, [self.out_dim], self.out_dim, float(dropout))
                                if readout == "mlp" else nn.Linear(width, self.out_dim))
+        self.ridge_alpha: torch.Tensor | None
+        if readout == "ridge":
+            # Fitted, not trained: the readout and the standardization's affine (which
+            # a trained readout absorbs, but a fixed one would see drift).
+            self.requires_grad_(False)
+            # The penalty chosen (a multiple of the training rows); NaN until fitted.
+            self.register_buffer("ridge_alpha", torch.full((), float("nan")))
+        else:
+            self.ridge_alpha = None
 
     @property
     def fitted(self) -> bool:
-        """Whether the standardization statistics have been fitted (:meth:`fit_statistics`)."""
-        return all(bool(n.fitted) for n in (self.mri_norm, self.pet_norm) if n is not None)
+        """Whether the standardization (and a ridge readout) have been fitted."""
+        norms = all(bool(n.fitted) for n in (self.mri_norm, self.pet_norm) if n is not None)
+        return norms and (self.ridge_alpha is None or bool(torch.isfinite(self.ridge_alpha)))
 
-    def fit_statistics(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> int:
-        """Fit the standardization on ``(images, pet_present)`` batches; return the subjects.
+    def fit_statistics(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None,
+                                                     torch.Tensor | None]]) -> int:
+        """Fit on ``(images, pet_present, targets)`` batches; return the subjects.
 
-        The mean and variance of each regional mean over every subject of ``batches``
-        (the PET ones over the subjects with PET), all-reduced over processes.
+        The standardization: the mean and variance of each regional mean over every
+        subject of ``batches`` (the PET ones over the subjects with PET), all-reduced
+        over processes. A ``ridge`` readout is then fitted on the standardized
+        features of the same subjects and their ``targets`` (:class:`RidgeFit`).
         """
         norms = [n for n in (self.mri_norm, self.pet_norm) if n is not None]
         for norm in norms:
             norm.begin_fit()
+        seen: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
         with torch.no_grad():
-            for images, pet_present in batches:
+            for images, pet_present, targets in batches:
                 means = self.pool(images)
                 if self.mri_norm is not None:
                     self.mri_norm.accumulate(means[:, 0])
@@ -133,13 +158,37 @@ class RegionEncoder(nn.Module):
                     if pet_present is not None:
                         pet = pet[pet_present.to(torch.bool)]
                     self.pet_norm.accumulate(pet)
+                if self.ridge_alpha is not None:
+                    if targets is None:
+                        raise ValueError("the ridge readout must see the training targets, "
+                                         "got batches without `targets`")
+                    seen.append((means, pet_present, targets))
         counts = [norm.end_fit() for norm in norms]
+        if self.ridge_alpha is not None:
+            self._fit_ridge(seen)
         return counts[0]
+
+    def _fit_ridge(self, seen: list[tuple[torch.Tensor, torch.Tensor | None,
+                                          torch.Tensor | None]]) -> None:
+        fit = RidgeFit(self.width)
+        with torch.no_grad():
+            for means, pet_present, targets in seen:
+                assert targets is not None
+                fit.accumulate(self._features(means, pet_present), targets)
+            solution = fit.solve()
+            linear = self.mlp
+            assert isinstance(linear, nn.Linear) and self.ridge_alpha is not None
+            linear.weight.copy_(solution.coef.to(linear.weight)[None])
+            linear.bias.fill_(solution.intercept)
+            self.ridge_alpha.fill_(solution.alpha)
 
     def forward(self, images: torch.Tensor, pet_present: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """``(B, mri_channels + pet_channels, *grid)`` and PET presence ``(B,)`` -> ``(B, out)``."""
-        means = self.pool(images)  # (B, C, R)
+        return self.mlp(self._features(self.pool(images), pet_present))
+
+    def _features(self, means: torch.Tensor, pet_present: torch.Tensor | None) -> torch.Tensor:
+        """Standardized regional means ``(B, C, R)`` (and the PET flag) -> ``(B, width)``."""
         parts = []
         if self.mri_norm is not None:
             parts.append(self.mri_norm(means[:, 0].contiguous()))
@@ -153,4 +202,4 @@ class RegionEncoder(nn.Module):
                 pet = torch.where(keep, pet, fill)
             parts.append(torch.where(keep, self.pet_norm(pet), torch.zeros_like(pet)))
             parts.append(present.to(pet.dtype).view(-1, 1))
-        return self.mlp(torch.cat(parts, dim=1))
+        return torch.cat(parts, dim=1)
