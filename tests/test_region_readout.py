@@ -111,6 +111,12 @@ def test_ridge_fit_equals_scikit_learns_ridgecv_on_rows_given_in_parts():
     np.testing.assert_allclose(got.coef.numpy(), expected.coef_, atol=1e-8)
     assert got.intercept == pytest.approx(expected.intercept_, abs=1e-8)
     assert min(got.loo_mse, key=got.loo_mse.__getitem__) == got.alpha
+    refit = RidgeFit(7)
+    refit.accumulate(torch.tensor(x), torch.tensor(y))
+    z = refit.solve(standardize_target=True)  # predicts the target's z-score, same penalty
+    assert z.alpha == got.alpha and z.target_std == pytest.approx(y.std(ddof=1))
+    np.testing.assert_allclose(z.coef.numpy() * z.target_std, expected.coef_, atol=1e-8)
+    assert z.intercept * z.target_std + z.target_mean == pytest.approx(expected.intercept_)
     with pytest.raises(ValueError, match=r"at least 3 training rows, got 2"):
         two = RidgeFit(7)
         two.accumulate(torch.tensor(x[:2]), torch.tensor(y[:2]))
@@ -139,7 +145,7 @@ def test_ridge_readout_is_fitted_with_the_standardization_and_never_trained():
     features = enc._features(means, present)  # standardized with the fitted statistics
     refit = RidgeFit(features.shape[1])
     refit.accumulate(features, target)
-    expected = refit.solve()
+    expected = refit.solve(standardize_target=True)
     assert float(enc.ridge_alpha) == pytest.approx(expected.alpha)
     assert torch.allclose(enc(x, present).squeeze(1),
                           (features.double() @ expected.coef + expected.intercept).float(),
@@ -211,7 +217,7 @@ def test_a_ridge_readout_keeps_its_fit_through_training_and_checkpoints(tiny_coh
         features = enc._features(enc.pool(images), present)
     refit = RidgeFit(features.shape[1])
     refit.accumulate(features, targets)
-    expected = refit.solve()
+    expected = refit.solve(standardize_target=True)
     assert float(enc.ridge_alpha) == pytest.approx(expected.alpha)
     assert torch.allclose(enc.mlp.weight.double().squeeze(0), expected.coef, atol=1e-4)
 

@@ -10,10 +10,10 @@ the training split's statistics
 first epoch), then a readout: an MLP, one linear map trained with the network
 (``readout="linear"``), or one linear map fitted in closed form at the same time as
 the standardization and then kept fixed (``readout="ridge"``: a ridge regression of
-the target on the standardized means, its penalty chosen by leave-one-out error,
-:mod:`gazimed_lab.models.ridge`). A subject without PET has its PET region features
-replaced by the mean (0 after standardization) and a presence flag; its PET tensor
-is never read.
+the standardized target on the standardized means, its penalty chosen by
+leave-one-out error, :mod:`gazimed_lab.models.ridge`; the head maps it to the
+score). A subject without PET has its PET region features replaced by the mean (0
+after standardization) and a presence flag; its PET tensor is never read.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class RegionEncoder(nn.Module):
             for means, pet_present, targets in seen:
                 assert targets is not None
                 fit.accumulate(self._features(means, pet_present), targets)
-            solution = fit.solve()
+            solution = fit.solve(standardize_target=True)
             linear = self.mlp
             assert isinstance(linear, nn.Linear) and self.ridge_alpha is not None
             linear.weight.copy_(solution.coef.to(linear.weight)[None])

@@ -31,13 +31,20 @@ RIDGE_ALPHAS: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
 
 @dataclass(frozen=True)
 class RidgeSolution:
-    """Coefficients ``(F,)``, intercept, the penalty chosen and every penalty's LOO error."""
+    """Coefficients ``(F,)``, intercept, the penalty chosen and every penalty's LOO error.
+
+    With ``standardize_target`` the coefficients and intercept predict the target's
+    z-score (``target_mean`` and ``target_std`` of the rows seen); the LOO errors stay
+    in the target's units.
+    """
 
     coef: torch.Tensor
     intercept: float
     alpha: float
     loo_mse: dict[float, float]
     rows: int
+    target_mean: float = 0.0
+    target_std: float = 1.0
 
 
 class RidgeFit:
@@ -69,11 +76,16 @@ class RidgeFit:
         empty = torch.zeros(0, self.n_features, dtype=torch.float64)
         return empty, torch.zeros(0, dtype=torch.float64)
 
-    def solve(self) -> RidgeSolution:
-        """Return the ridge solution with the smallest leave-one-out error (all processes)."""
+    def solve(self, standardize_target: bool = False) -> RidgeSolution:
+        """Return the ridge solution with the smallest leave-one-out error (all processes).
+
+        ``standardize_target``: predict the target's z-score instead (same penalty, the
+        coefficients divided by the target's standard deviation).
+        """
         x, y = self._local()
         n_t = torch.tensor([float(len(y))], dtype=torch.float64, device=x.device)
-        sums = [n_t, x.sum(dim=0), y.sum().reshape(1), x.t() @ x, x.t() @ y]
+        sums = [n_t, x.sum(dim=0), y.sum().reshape(1), x.t() @ x, x.t() @ y,
+                (y * y).sum().reshape(1)]
         _all_reduce(sums)
         n = float(sums[0].item())
         if n < 3:
@@ -98,8 +110,15 @@ class RidgeFit:
         assert best is not None
         self._rows = []
         _, alpha, coef = best
-        return RidgeSolution(coef=coef, intercept=my - float(mx @ coef), alpha=alpha,
-                             loo_mse=errors, rows=int(n))
+        intercept = my - float(mx @ coef)
+        if not standardize_target:
+            return RidgeSolution(coef=coef, intercept=intercept, alpha=alpha, loo_mse=errors,
+                                 rows=int(n))
+        std = max(float(sums[5].item()) / n - my * my, 0.0) ** 0.5 * (n / (n - 1)) ** 0.5
+        if not std > 0:
+            raise ValueError("the ridge readout's training targets must vary, got one value")
+        return RidgeSolution(coef=coef / std, intercept=(intercept - my) / std, alpha=alpha,
+                             loo_mse=errors, rows=int(n), target_mean=my, target_std=std)
 
 
 def _all_reduce(tensors: list[torch.Tensor]) -> None:
