@@ -437,6 +437,10 @@ def overrides_from(values: dict[str, Any]) -> list[str]:
 
 
 def _validate(cfg: DictConfig) -> None:
+    # a ridge readout in use: the regions pathway reads images
+    ridge = (cfg.model.region_readout == "ridge" and cfg.model.mode != "clinical_only"
+             and "regions" in cfg.model.image_pathway)
+
     def one_of(values: tuple[Any, ...]) -> str:
         return "one of " + ", ".join(map(str, values))
 
@@ -458,6 +462,15 @@ def _validate(cfg: DictConfig) -> None:
         (cfg.model.region_readout != "ridge" or cfg.model.region_dim == 1, "model.region_dim",
          "1 with model.region_readout=ridge (one fitted regional score)",
          cfg.model.region_dim),
+        (not ridge or not cfg.data.augment, "data.augment",
+         "false with model.region_readout=ridge (augmented intensities jitter the fixed "
+         "regional score, and the head learns to shrink it)", cfg.data.augment),
+        (not ridge or cfg.model.mode != "image_only"
+         or str(cfg.trainer.monitor).endswith(("loss", "mse", "mae")), "trainer.monitor",
+         "a loss or error (val/loss, val/mse or val/mae, trainer.monitor_mode=min) with "
+         "model.region_readout=ridge and model.mode=image_only (the fixed readout leaves a "
+         "ranking metric unchanged from the first epoch: the checkpoint would hold an untrained "
+         "head)", cfg.trainer.monitor),
         (cfg.model.pretrained_encoders in PRETRAINED_TARGETS, "model.pretrained_encoders",
          one_of(PRETRAINED_TARGETS), cfg.model.pretrained_encoders),
         (cfg.model.freeze_encoders_epochs >= 0, "model.freeze_encoders_epochs", ">= 0",

@@ -155,6 +155,16 @@ def test_ridge_readout_is_fitted_with_the_standardization_and_never_trained():
     with pytest.raises(ConfigError, match=r"`model.region_dim` must be 1 with "
                                           r"model.region_readout=ridge"):
         load_config("cpu-demo", overrides=["model.region_readout=ridge", "model.region_dim=2"])
+    ridge = ["model.region_readout=ridge", "data.augment=false"]
+    with pytest.raises(ConfigError, match=r"`data.augment` must be false with "
+                                          r"model.region_readout=ridge .*, got True"):
+        load_config("cpu-demo", overrides=["model.region_readout=ridge"])
+    with pytest.raises(ConfigError, match=r"`trainer.monitor` must be a loss or error .*, got "
+                                          r"'val/auroc'"):
+        load_config("cpu-demo", overrides=[*ridge, "model.mode=image_only"])
+    load_config("cpu-demo", overrides=[*ridge, "model.mode=image_only", "trainer.monitor=val/loss",
+                                       "trainer.monitor_mode=min"])
+    load_config("cpu-demo", overrides=ridge)  # multimodal: the clinical branch moves the AUROC
 
 
 def test_image_lr_scale_reaches_the_region_encoder():
@@ -198,7 +208,8 @@ def test_a_ridge_readout_keeps_its_fit_through_training_and_checkpoints(tiny_coh
 
     cfg = cohort_config(tiny_cohort, tmp_path, *SMALL, "trainer.max_epochs=2",
                         "model.mode=image_only", "model.region_readout=ridge",
-                        "model.region_dim=1", "data.augment=false")
+                        "model.region_dim=1", "data.augment=false", "trainer.monitor=val/loss",
+                        "trainer.monitor_mode=min")
     result = train_and_evaluate(cfg)
     module = AlzheimersLightningModule.load_from_checkpoint(result.best_checkpoint)
     enc = module.model.region_encoder
