@@ -18,6 +18,7 @@ after standardization) and a presence flag; its PET tensor is never read.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import numpy as np
@@ -30,6 +31,8 @@ from gazimed_lab.models.ridge import RidgeFit
 from gazimed_lab.models.standardize import FittedStandardize
 
 __all__ = ["RegionEncoder", "RegionPooling"]
+
+log = logging.getLogger(__name__)
 
 
 class RegionPooling(nn.Module):
@@ -181,6 +184,10 @@ class RegionEncoder(nn.Module):
             linear.weight.copy_(solution.coef.to(linear.weight)[None])
             linear.bias.fill_(solution.intercept)
             self.ridge_alpha.fill_(solution.alpha)
+        log.info("ridge readout fitted on %d training subjects: penalty %g x rows (leave-one-out "
+                 "MSE %.4g; at the smallest and largest penalty %.4g, %.4g)", solution.rows,
+                 solution.alpha, solution.loo_mse[solution.alpha],
+                 solution.loo_mse[min(solution.loo_mse)], solution.loo_mse[max(solution.loo_mse)])
 
     def forward(self, images: torch.Tensor, pet_present: torch.Tensor | None = None
                 ) -> torch.Tensor:
