@@ -90,8 +90,8 @@ class RegionEncoder(nn.Module):
     readout
         ``mlp`` (one hidden layer of ``out_dim``), ``linear`` (one linear map: with
         ``out_dim = 1``, a ridge-like regional score) or ``ridge`` (``out_dim = 1``:
-        the ridge regression of the target, fitted by :meth:`fit_statistics`, not
-        trained).
+        the ridge regression of the standardized target, fitted by
+        :meth:`fit_statistics`, not trained).
     """
 
     def __init__(self, masks: np.ndarray | torch.Tensor, mri_channels: int, pet_channels: int,
