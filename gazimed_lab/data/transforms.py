@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from gazimed_lab.data.agreement import agreement_problem, brain_and_rim, pair_agreement
 from gazimed_lab.data.batches import as_float32
-from gazimed_lab.data.grid import Grid, template_on_grid
+from gazimed_lab.data.grid import Grid
 from gazimed_lab.data.images import ImageError, conform_flagged, load_volume
 from gazimed_lab.data.normalize import (
     normalize_mri,
@@ -54,8 +54,7 @@ def warm_preprocessing(grid: Grid, channels: int, pet_reference: str) -> None:
     rim on ``grid``: a process that calls this before forking workers hands them the
     masks, so no worker rebuilds them and none has to wait for a first subject.
     """
-    template_on_grid("brain_mask", grid)
-    reference_mask("whole_brain", grid)
+    reference_mask("whole_brain", grid)  # the brain mask (template) and reference regions
     if channels >= 2:
         brain_and_rim(grid)
         try:
