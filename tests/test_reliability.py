@@ -175,18 +175,23 @@ STANDARDIZE_SCRIPT = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.slow  # two spawned processes: about 20 s
-def test_standardize_statistics_span_processes(tmp_path):
+def _spawn_two(tmp_path: Path, script_text: str) -> None:
+    """Run a two-process gloo script (``argv``: output folder, a free port)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    script = tmp_path / "standardize.py"
-    script.write_text(STANDARDIZE_SCRIPT)
+    script = tmp_path / "two_processes.py"
+    script.write_text(script_text)
     proc = subprocess.run([sys.executable, str(script), str(tmp_path), str(port)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow  # two spawned processes: about 20 s
+def test_standardize_statistics_span_processes(tmp_path):
+    _spawn_two(tmp_path, STANDARDIZE_SCRIPT)
 
     from gazimed_lab.models.standardize import SubjectStandardize
 
@@ -203,6 +208,57 @@ def test_standardize_statistics_span_processes(tmp_path):
         torch.testing.assert_close(part["grad"], whole.grad[rank::2], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(part["mean"], layer.running_mean)
         torch.testing.assert_close(part["var"], layer.running_var, atol=1e-6, rtol=1e-4)
+
+
+RIDGE_SCRIPT = textwrap.dedent('''
+    import os, sys
+    import torch, torch.distributed as dist, torch.multiprocessing as mp
+    from gazimed_lab.models.ridge import RidgeFit
+
+    def work(rank, out):
+        dist.init_process_group("gloo", rank=rank, world_size=2)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(13, 4, generator=g, dtype=torch.float64) * 3.0 + 5.0
+        y = x @ torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64) + torch.randn(
+            13, generator=g, dtype=torch.float64)
+        mine = slice(rank, None, 2)  # interleaved shares of 7 and 6 rows
+        fit = RidgeFit(4)
+        fit.accumulate(x[mine][:3], y[mine][:3])  # in two parts, as batches come
+        fit.accumulate(x[mine][3:], y[mine][3:])
+        solution = fit.solve(standardize_target=True)
+        torch.save({"coef": solution.coef, "intercept": solution.intercept,
+                    "alpha": solution.alpha, "loo": solution.loo_mse, "rows": solution.rows,
+                    "std": solution.target_std}, os.path.join(out, f"rank{rank}.pt"))
+        dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+        mp.spawn(work, args=(sys.argv[1],), nprocs=2)
+''')
+
+
+@pytest.mark.slow  # two spawned processes: about 15 s
+def test_ridge_readout_fit_spans_processes(tmp_path):
+    # Each process holds only its own rows; the sums and the leave-one-out errors are
+    # all-reduced, so both processes solve the regression of all 13 rows.
+    from gazimed_lab.models.ridge import RidgeFit
+
+    _spawn_two(tmp_path, RIDGE_SCRIPT)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(13, 4, generator=g, dtype=torch.float64) * 3.0 + 5.0
+    y = x @ torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64) + torch.randn(
+        13, generator=g, dtype=torch.float64)
+    whole = RidgeFit(4)
+    whole.accumulate(x, y)
+    expected = whole.solve(standardize_target=True)
+    for rank in (0, 1):
+        part = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert part["rows"] == 13
+        assert part["alpha"] == expected.alpha
+        torch.testing.assert_close(part["coef"], expected.coef)
+        assert part["intercept"] == pytest.approx(expected.intercept, abs=1e-10)
+        assert part["std"] == pytest.approx(expected.target_std, abs=1e-12)
+        assert part["loo"] == pytest.approx(expected.loo_mse, rel=1e-9)
 
 
 # ----------------------------------------------------------- checkpoint safety
