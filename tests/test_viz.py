@@ -71,6 +71,39 @@ def _check_png(path: Path) -> None:
     assert path.stat().st_size > 5000
 
 
+# ------------------------------------------------------------------ cohort
+def _bar_heights(ax) -> list[float]:
+    return [round(float(patch.get_height()), 6) for patch in ax.patches]
+
+
+def test_split_balance_counts_each_subject_once_at_its_earliest_session(tmp_path):
+    # sub-a has four visits (MCI at baseline, then AD): one subject, counted at baseline.
+    table = pd.DataFrame({
+        "subject_id": ["sub-a"] * 4 + ["sub-b", "sub-c", "sub-d"],
+        "session_id": ["ses-M24", "ses-M6", "ses-M12", "ses-M0", "ses-M0", "ses-M0", "ses-M0"],
+        "diagnosis": ["AD", "AD", "AD", "MCI", "CN", "CN", "AD"],
+        "age": [72.0, 70.5, 71.0, 70.0, 60.0, 65.0, 80.0],
+        "split": ["train"] * 5 + ["val", "val"],
+    })
+    fig = viz.plot_split_balance(table, columns=("diagnosis",),
+                                 output_file=tmp_path / "balance.png")
+    _check_png(tmp_path / "balance.png")
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["n=2\n(5 sessions)", "n=2\n(2 sessions)"]
+    # stacked per diagnosis value (AD, CN, MCI), one bar per split (train, val)
+    assert _bar_heights(ax) == [0.0, 0.5, 0.5, 0.5, 0.5, 0.0]
+    # the age boxes: train from the baseline ages 70 and 60 (median 65, range 60-70),
+    # not from sub-a's later visits (median 70.5, up to 72)
+    levels = {float(y[0]) for y in (line.get_ydata() for line in fig.axes[1].lines)
+              if len(y) == 2 and y[0] == y[1]}
+    assert 65.0 in levels and 72.0 not in levels and 70.5 not in levels
+
+    one_row_each = table.drop(columns="session_id").drop_duplicates("subject_id", keep="last")
+    plain = viz.plot_split_balance(one_row_each, columns=("diagnosis",))
+    assert [t.get_text() for t in plain.axes[0].texts] == ["n=2", "n=2"]
+
+
 # --------------------------------------------------------------- dashboards
 DASHBOARDS = {
     "roc": lambda df, **kw: viz.plot_roc(df, n_boot=40, **kw),

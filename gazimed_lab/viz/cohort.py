@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from gazimed_lab.data.sessions import RANK, has_sessions, session_ranks
 from gazimed_lab.viz._figures import _DX_COLORS, _axes, _new_figure, save_figure
 
 __all__ = [
@@ -101,14 +102,22 @@ def plot_split_balance(
     output_file: str | Path | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Per split: proportions of each category, and the age distribution.
+    """Per split: proportions of each category, and the age distribution, over subjects.
 
     ``splits`` is a subject table with a ``split`` column (e.g. the run's
-    ``splits/*.csv`` concatenated).
+    ``splits/*.csv`` concatenated). With sessions (a ``session_id`` column) each
+    subject counts once, at its earliest session in the table (the baseline, by
+    ``session_rank`` when present, else the natural order of the session ids): the
+    splits are stratified by subject at baseline, and a subject with many visits must
+    not weigh more. The counts then read ``n=<subjects> (<sessions> sessions)``.
     """
     if "split" not in splits.columns:
         raise ValueError("`splits` must have a `split` column, got columns "
                          f"{list(splits.columns)}")
+    sessions: pd.Series | None = None
+    if has_sessions(splits):
+        sessions = splits.groupby("split").size()
+        splits = _earliest_session(splits)
     columns = [c for c in columns if c in splits.columns]
     panels = len(columns) + int("age" in splits.columns)
     fig, axes = _new_figure((4.0 * panels, 3.6), ncols=max(panels, 1), squeeze=False)
@@ -123,9 +132,12 @@ def plot_split_balance(
                    color=_DX_COLORS.get(str(value)))
             bottom += shares[value].to_numpy()
         for i, split in enumerate(order):
-            ax.text(i, 1.02, f"n={int(counts.loc[split].sum())}", ha="center", fontsize=8)
-        ax.set_ylim(0, 1.12)
-        ax.set_ylabel("fraction of split")
+            label = f"n={int(counts.loc[split].sum())}"
+            if sessions is not None:
+                label += f"\n({int(sessions[split])} sessions)"
+            ax.text(i, 1.02, label, ha="center", fontsize=8)
+        ax.set_ylim(0, 1.12 if sessions is None else 1.2)
+        ax.set_ylabel("fraction of split's subjects")
         ax.set_title(column)
         ax.legend(fontsize=7, loc="lower right")
     if "age" in splits.columns:
@@ -133,11 +145,19 @@ def plot_split_balance(
         data = [pd.to_numeric(splits.loc[splits["split"] == s, "age"], errors="coerce").dropna()
                 for s in order]
         ax.boxplot(data, tick_labels=order)
-        ax.set_ylabel("age (years)")
+        ax.set_ylabel("age (years)" if sessions is None else "age at first session (years)")
         ax.set_title("age")
     fig.suptitle(title or "Balance across subject-level splits")
     fig.tight_layout()
     return save_figure(fig, output_file)
+
+
+def _earliest_session(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (split, subject): its first session in ``table`` (module rules)."""
+    ranks = table[RANK] if RANK in table.columns else session_ranks(table)
+    ranks = pd.to_numeric(ranks, errors="coerce")
+    first = ranks.groupby([table["split"], table["subject_id"].astype(str)]).idxmin()
+    return table.loc[first.to_numpy()]
 
 
 def plot_score_distribution(
