@@ -167,6 +167,37 @@ def test_ridge_readout_is_fitted_with_the_standardization_and_never_trained():
     load_config("cpu-demo", overrides=ridge)  # multimodal: the clinical branch moves the AUROC
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_linear_layer_on_the_ridge_score_starts_increasing_in_it(seed):
+    # A head without hidden layers (`head_hidden: []`) reads the fixed score directly; from
+    # a random negative weight it stayed inverted through a whole cpu-demo training run.
+    torch.manual_seed(seed)
+    ridge = {**TINY, "image_pathway": "regions", "region_masks": _masks(),
+             "region_readout": "ridge", "region_dim": 1, "head_hidden": ()}
+    net = MultimodalAlzheimersNet(mode="image_only", in_channels=2, **ridge).eval()
+    x = torch.randn(30, 2, *GRID)
+    mask = torch.ones(30, 2)
+    means = net.region_encoder.pool(x)
+    contrast = means[:, 0, 0] - means[:, 0, 1]
+    target = 0.5 + 0.1 * contrast / contrast.std() + 0.02 * torch.randn(30)
+    net.fit_statistics([{"images": x, "modality_mask": mask, "targets": target}])
+    with torch.no_grad():
+        score = net.region_encoder(x, mask[:, 1] > 0.5).squeeze(1)
+        out = net(x, mask)
+    assert torch.corrcoef(torch.stack([score, target]))[0, 1] > 0.5
+    ranked = out[torch.argsort(score)]
+    assert bool((ranked[1:] >= ranked[:-1]).all())  # monotone increasing, from the start
+    # deep supervision: the image branch's own linear head on the score, likewise
+    full = MultimodalAlzheimersNet(mode="multimodal", in_channels=2, deep_supervision=True,
+                                   **ridge)
+    assert full.aux_heads is not None
+    assert float(full.aux_heads["image"].weight[0, -1]) == 1.0
+    assert float(full.head[-1].weight[0, full.image_width - 1]) == 1.0
+    hidden = MultimodalAlzheimersNet(mode="image_only", in_channels=2,
+                                     **{**ridge, "head_hidden": (4,)})
+    assert float(hidden.head[-1].weight.abs().max()) < 1.0  # an MLP head: left as initialized
+
+
 def test_image_lr_scale_reaches_the_region_encoder():
     net = MultimodalAlzheimersNet(in_channels=2, **{
         **TINY, "image_pathway": "regions", "region_masks": _masks()})
