@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gazimed_lab.config import DEMO_SUBJECTS
+from gazimed_lab.config import DEMO_SUBJECTS, PET_REFERENCES, DataConfig
 
 __all__ = ["main"]
 
@@ -54,7 +54,9 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
 def _cmd_qa(args: argparse.Namespace) -> int:
     from gazimed_lab.data.qa import qa_main
 
-    return qa_main(args.manifest, grid=args.grid, out_dir=args.out_dir)
+    return qa_main(args.manifest, grid=args.grid, out_dir=args.out_dir,
+                   pet_reference=args.pet_reference,
+                   session_order_column=args.session_order_column)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -220,6 +222,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", type=Path)
     p.add_argument("--grid", default="demo_4mm")
     p.add_argument("--out-dir", type=Path, default=None)
+    p.add_argument("--pet-reference", default=DataConfig().pet_reference, choices=PET_REFERENCES,
+                   help="data.pet_reference of the training config (PET normalization)")
+    p.add_argument("--session-order-column", default=None,
+                   help="data.session_order_column of the training config (sessions ordered "
+                        "by this numeric column, not by their ids)")
     p.set_defaults(func=_cmd_qa)
 
     p = sub.add_parser("train", help="fit, test the best checkpoint, write predictions")

@@ -15,7 +15,7 @@ from gazimed_lab.config import EVAL_SESSIONS, ConfigError, load_config
 from gazimed_lab.data.datamodule import MNIDataModule
 from gazimed_lab.data.manifest import ManifestError, read_manifest
 from gazimed_lab.data.predict import PredictDataModule
-from gazimed_lab.data.qa import run_qa, split_balance
+from gazimed_lab.data.qa import row_flags, run_qa, split_balance
 from gazimed_lab.data.sessions import natural_key
 from gazimed_lab.data.splits import SplitError, make_splits
 from gazimed_lab.evaluation import binary_metrics, bootstrap_ci, read_predictions
@@ -344,6 +344,35 @@ def test_qa_tables_carry_sessions(sessions_cohort: Path) -> None:
         mri=f["mri"].where(f.index != 1, f["mri"].iat[0])))
     warnings = run_qa(sessions_cohort).warnings
     assert any("session `ses-M006`, mri" in w and "one file used 2 times" in w for w in warnings)
+
+
+def test_qa_follows_the_training_session_order_and_flags_each_session(
+        sessions_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from gazimed_lab.cli import main
+
+    # Ids that sort as one session are refused unless a numeric column orders them, as
+    # training does with data.session_order_column: `gazimed-lab qa` takes it too.
+    edit_manifest(sessions_cohort, lambda f: f.assign(session_id=f["session_id"].where(
+        ~((f["subject_id"] == "sub-000") & (f["session_id"] == "ses-M012")), "ses-M06")))
+    assert main(["qa", str(sessions_cohort)]) == 1
+    assert "sort as the same session" in capsys.readouterr().out
+    assert main(["qa", str(sessions_cohort), "--session-order-column", "months",
+                 "--pet-reference", "cerebellum"]) == 0
+    # A flag raised on one session's volume stays on that session's row.
+    frame = pd.read_csv(sessions_cohort, dtype=str, keep_default_na=False)
+    blank = tmp_path / "zeros_T1w.nii.gz"
+    source = nib.load(frame.loc[0, "mri"])
+    write_nifti(blank, np.zeros(source.shape), source.affine)
+    late = (frame["subject_id"] == "sub-000") & (frame["session_id"] == "ses-M006")
+    edit_manifest(sessions_cohort, lambda f: f.assign(mri=f["mri"].where(~late, str(blank))))
+    report = run_qa(sessions_cohort, session_order_column="months")
+    scores = frame.loc[frame["subject_id"] == "sub-000", ["subject_id", "session_id"]]
+    flags = row_flags(report.table, scores.assign(score=0.5))
+    by_session = dict(zip(scores["session_id"], flags))
+    assert "all-zero" in by_session["ses-M006"], by_session
+    assert by_session["ses-M000"] == "" and by_session["ses-M06"] == ""
+    subjects = row_flags(report.table, scores.drop(columns="session_id"))
+    assert all("all-zero" in f for f in subjects)  # without sessions: the subject's flags
 
 
 def test_single_session_manifest_gets_no_session_column(tiny_cohort: Path,

@@ -38,8 +38,8 @@ from gazimed_lab.data.images import (
 from gazimed_lab.data.manifest import SPLITS, Cohort, row_location, validate_manifest
 from gazimed_lab.data.normalize import normalize_mri, normalize_pet
 
-__all__ = ["QAReport", "cohort_warnings", "missingness", "qa_main", "qa_table", "run_qa",
-           "split_balance", "volume_signals", "warn_cohort"]
+__all__ = ["QAReport", "cohort_warnings", "missingness", "qa_main", "qa_table", "row_flags",
+           "run_qa", "split_balance", "volume_signals", "warn_cohort"]
 
 log = logging.getLogger(__name__)
 
@@ -527,11 +527,37 @@ def run_qa(manifest: str | Path, grid: Grid | str = "demo_4mm", out_dir: str | P
     return report
 
 
+def row_flags(table: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
+    """Return the QA flags of each row of ``rows`` (e.g. predictions), from :func:`qa_table`.
+
+    Matched on ``subject_id``, and on ``session_id`` too when both tables have one, so
+    that a session's flags stay on that session's row; a subject's MRI and PET flags are
+    joined with ``"; "``. Rows without QA rows or flags get ``""``.
+    """
+    keys = ["subject_id"]
+    if "session_id" in rows.columns and "session_id" in table.columns:
+        keys.append("session_id")
+    flagged = table.assign(**{k: table[k].astype(str) for k in keys})
+    joined = flagged.groupby(keys)["flags"].agg(
+        lambda f: "; ".join(str(x) for x in f if isinstance(x, str) and x))
+    wanted = rows[keys].astype(str)
+    index = (pd.MultiIndex.from_frame(wanted) if len(keys) > 1
+             else pd.Index(wanted["subject_id"]))
+    return pd.Series(joined.reindex(index).fillna("").to_numpy(), index=rows.index,
+                     name="qa_flags")
+
+
 def qa_main(manifest: str | Path, grid: Grid | str = "demo_4mm",
-            out_dir: str | Path | None = None) -> int:
-    """Run QA, print a short summary and every error; return the exit code (0 = ok)."""
+            out_dir: str | Path | None = None, pet_reference: str = "whole_brain",
+            session_order_column: str | None = None) -> int:
+    """Run QA, print a short summary and every error; return the exit code (0 = ok).
+
+    ``pet_reference`` and ``session_order_column`` as :func:`run_qa` takes them (the
+    training config's ``data.pet_reference`` and ``data.session_order_column``).
+    """
     grid = get_grid(grid)
-    report = run_qa(manifest, grid, out_dir)
+    report = run_qa(manifest, grid, out_dir, pet_reference=pet_reference,
+                    session_order_column=session_order_column)
     n_rows = report.table["row"].nunique()
     n_flagged = int((report.table["flags"] != "").sum())
     print(f"QA of {manifest} on grid {grid.name}: {n_rows} manifest rows, "
