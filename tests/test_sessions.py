@@ -373,6 +373,19 @@ def test_qa_follows_the_training_session_order_and_flags_each_session(
     assert by_session["ses-M000"] == "" and by_session["ses-M06"] == ""
     subjects = row_flags(report.table, scores.drop(columns="session_id"))
     assert all("all-zero" in f for f in subjects)  # without sessions: the subject's flags
+    # The QA browser picks one session of a subject at a time (its MRI and PET).
+    from gazimed_lab import viz
+
+    browser = viz.qa_browser(report.table)
+    zero = next(f for f in browser.flag.options if "all-zero" in f)
+    browser.flag.value = zero
+    assert list(browser.subject.options) == ["sub-000 · ses-M006"]
+    assert browser.count.value == "1 session"
+    assert browser.figure.get_suptitle() == "sub-000 · ses-M006"
+    assert [ax.get_title().split(" · ")[0] for ax in browser.figure.axes
+            if ax.get_title()] == ["MRI", "PET"]
+    browser.flag.value = "all subjects"
+    assert len(browser.subject.options) == 37 and browser.count.value == "37 sessions"
 
 
 def test_single_session_manifest_gets_no_session_column(tiny_cohort: Path,

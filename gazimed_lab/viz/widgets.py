@@ -195,6 +195,7 @@ def slice_viewer(subjects: Mapping[str, Mapping[str, ImageLike]],
 ALL_SUBJECTS = "all subjects"
 FLAGGED = "flagged"
 NOT_FLAGGED = "not flagged"
+_SESSION_SEP = " · "
 _QA_SHOWN = ["modality", "flags", "grid_action", "brain_coverage", "template_corr",
              "pet_mri_corr", "min", "mean", "max", "nan_count", "file"]
 
@@ -204,7 +205,11 @@ def _split_flags(flags: Any) -> list[str]:
 
 
 class QABrowser(widgets.VBox):
-    """The QA table by subject: filter by flag, pick a subject, see its QA rows and slices."""
+    """The QA table by subject: filter by flag, pick a subject, see its QA rows and slices.
+
+    With sessions (a ``session_id`` column) the unit is one session of a subject, picked as
+    ``<subject> · <session>``: its MRI and PET, as training reads them together.
+    """
 
     def __init__(self, qa: pd.DataFrame, figsize: tuple[float, float] = (10.0, 4.6)) -> None:
         missing = [c for c in ("subject_id", "modality", "file", "flags") if c not in qa.columns]
@@ -215,6 +220,11 @@ class QABrowser(widgets.VBox):
         if qa.empty:
             raise ValueError("`qa` must have at least one row, got an empty QA table")
         self.qa = qa.assign(flags=qa["flags"].fillna("").astype(str))
+        self.sessions = "session_id" in qa.columns
+        unit = self.qa["subject_id"].astype(str)
+        if self.sessions:
+            unit = unit + _SESSION_SEP + self.qa["session_id"].astype(str)
+        self._unit = unit
         self.figsize = figsize
         self.figure: Figure | None = None
         self._cache: dict[str, Any] = {}
@@ -240,9 +250,9 @@ class QABrowser(widgets.VBox):
         self.update()
 
     def _matching(self) -> list[str]:
-        """Subject ids (flagged first, as in the QA table) that pass the flag filter."""
+        """Subject ids (or ``subject · session``) in QA table order that pass the flag filter."""
         chosen = self.flag.value if hasattr(self, "flag") else ALL_SUBJECTS
-        per_subject = self.qa.groupby("subject_id", sort=False)["flags"].agg(
+        per_subject = self.qa.groupby(self._unit, sort=False)["flags"].agg(
             lambda f: {x for value in f for x in _split_flags(value)})
         if chosen == FLAGGED:
             keep = per_subject[per_subject.map(bool)]
@@ -276,7 +286,8 @@ class QABrowser(widgets.VBox):
     def update(self) -> Figure | None:
         """Redraw the subject's QA rows and slices; return the figure (None: no subject)."""
         n = len(self.subject.options)
-        self.count.value = f"{n} subject{'s' if n != 1 else ''}"
+        what = "session" if self.sessions else "subject"
+        self.count.value = f"{n} {what}{'s' if n != 1 else ''}"
         sid = self.subject.value
         if sid is None:
             with self.output:
@@ -284,7 +295,7 @@ class QABrowser(widgets.VBox):
                 display(widgets.HTML(f"<b>no subject is {html.escape(self.flag.value)}</b>"))
             self.figure = None
             return None
-        rows = self.qa[self.qa["subject_id"].astype(str) == str(sid)]
+        rows = self.qa[self._unit == str(sid)]
         rows = rows.sort_values("modality", key=lambda m: m.str.lower().map({"mri": 0, "pet": 1}),
                                 kind="stable")  # MRI first, as everywhere else
         shown = rows[[c for c in _QA_SHOWN if c in rows.columns]].assign(
