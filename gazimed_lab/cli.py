@@ -76,7 +76,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from gazimed_lab.runner import predict_manifest
 
-    table = predict_manifest(args.ckpt, args.manifest, args.out)
+    table = predict_manifest(args.ckpt, args.manifest, args.out,
+                             accept_flagged=args.accept_flagged_images)
     print(f"scored {len(table)} subjects: {args.out}")
     return 0
 
@@ -239,6 +240,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, type=Path)
     p.add_argument("--manifest", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--accept-flagged-images", action="store_true",
+                   help="score images flagged as probably not in MNI space (each one warned "
+                        "about) instead of refusing the manifest")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser(

@@ -245,6 +245,7 @@ def train_and_evaluate(
 def predict_manifest(
     ckpt: str | Path, manifest: str | Path, out: str | Path | None = None,
     accelerator: str = "auto", cache_dir: str | Path | None = None,
+    accept_flagged: bool = False,
 ) -> pd.DataFrame:
     """Score every subject of a manifest with a checkpoint; optionally write a CSV.
 
@@ -256,7 +257,9 @@ def predict_manifest(
     ``accelerator`` (Lightning's ``auto``: a GPU when there is one), on one device.
     ``out`` may not be the manifest, the checkpoint or a directory
     (:class:`~gazimed_lab.paths.OutputPathError`, raised before any work); it is
-    written through a temporary file, then renamed.
+    written through a temporary file, then renamed. Sessions are ordered as at training
+    (``data.session_order_column``); images flagged as probably not in MNI space stop the
+    scoring unless ``accept_flagged`` (:class:`~gazimed_lab.data.predict.PredictDataModule`).
     """
     if out is not None:  # before any work: never overwrite an input
         out = check_not_input(out, {"manifest": manifest, "checkpoint": ckpt})
@@ -265,6 +268,7 @@ def predict_manifest(
     dm = PredictDataModule(
         model.spec, manifest, cache_dir=cache_dir if cache_dir is not None else data.cache_dir,
         batch_size=int(data.batch_size), num_workers=int(data.num_workers),
+        session_order_column=data.session_order_column, accept_flagged=accept_flagged,
     )
     records = _predict_records(model, dm.predict_dataloader(), accelerator)
     table = _predictions_table(records, dm.subjects, "predict")

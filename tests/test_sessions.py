@@ -330,6 +330,35 @@ def test_data_module_serves_sessions_and_writes_them_in_the_splits(sessions_coho
     assert len(predict.dataset) == 37 and predict.dataset.session_ids is not None
     assert next(iter(predict.predict_dataloader()))["session_id"][0] == predict.subjects[
         "session_id"].iloc[0]
+    # ... ordered as training orders them (data.session_order_column), and a flagged
+    # image stops the scoring unless accepted for this prediction.
+    edit_manifest(sessions_cohort, lambda f: f.assign(
+        session_id=f["session_id"].replace({"ses-M012": "ses-M12"}).where(
+            f["subject_id"] != "sub-000", f["session_id"].replace({"ses-M012": "ses-M06"}))))
+    with pytest.raises(ManifestError, match=r"sort as the same session"):
+        _ = PredictDataModule(dm.spec, sessions_cohort, cache_dir=tmp_path / "cache").subjects
+    ordered = PredictDataModule(dm.spec, sessions_cohort, cache_dir=tmp_path / "cache",
+                                session_order_column="months")
+    first = ordered.subjects.set_index(["subject_id", "session_id"])["session_rank"]
+    assert first[("sub-000", "ses-M06")] == 2 and first[("sub-000", "ses-M000")] == 0
+    frame = pd.read_csv(sessions_cohort, dtype=str, keep_default_na=False)
+    source = nib.load(frame.loc[0, "mri"])
+    moved = source.affine.copy()
+    moved[1, 3] += 50.0  # 50 mm off: the brain leaves the MNI brain mask
+    write_nifti(tmp_path / "moved_T1w.nii.gz", np.asarray(source.dataobj), moved)
+    edit_manifest(sessions_cohort, lambda f: f.assign(
+        mri=f["mri"].where(f.index != 0, str(tmp_path / "moved_T1w.nii.gz"))))
+    with pytest.raises(ManifestError, match=r"`mri brain coverage` must be >= 0\.8"):
+        _ = PredictDataModule(dm.spec, sessions_cohort, cache_dir=tmp_path / "cache",
+                              session_order_column="months").dataset
+    with pytest.warns(UserWarning, match=r"scoring 2 flagged image\(s\) because accept_flagged .*"
+                                         r"subject `sub-000`, session `ses-M000`, mri .*moved_T1w"):
+        accepted = PredictDataModule(dm.spec, sessions_cohort, cache_dir=tmp_path / "cache",
+                                     session_order_column="months", accept_flagged=True)
+        assert len(accepted.dataset) == 37
+    # the moved MRI, and its pair with the PET (which now disagree in world space)
+    assert [(r["session_id"], r["modality"]) for r in accepted.accepted_flagged] == [
+        ("ses-M000", "mri"), ("ses-M000", "pet")]
 
 
 def test_qa_tables_carry_sessions(sessions_cohort: Path) -> None:

@@ -106,7 +106,8 @@ def group_maps(checkpoint: str | Path, manifest: str | Path, group: str = "AD",
     dm = PredictDataModule(model.spec, manifest,
                            cache_dir=cache_dir if cache_dir is not None else
                            str(model.cfg.data.cache_dir),
-                           batch_size=int(model.cfg.data.batch_size))
+                           batch_size=int(model.cfg.data.batch_size),
+                           session_order_column=model.cfg.data.session_order_column)
     table = dm.subjects
     if group_column not in table.columns:
         raise ValueError(problem("group column", "a column of the manifest",
