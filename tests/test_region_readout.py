@@ -187,12 +187,8 @@ def test_a_linear_layer_on_the_ridge_score_starts_increasing_in_it(seed):
     assert torch.corrcoef(torch.stack([score, target]))[0, 1] > 0.5
     ranked = out[torch.argsort(score)]
     assert bool((ranked[1:] >= ranked[:-1]).all())  # monotone increasing, from the start
-    # deep supervision: the image branch's own linear head on the score, likewise
-    full = MultimodalAlzheimersNet(mode="multimodal", in_channels=2, deep_supervision=True,
-                                   **ridge)
-    assert full.aux_heads is not None
-    assert float(full.aux_heads["image"].weight[0, -1]) == 1.0
-    assert float(full.head[-1].weight[0, full.image_width - 1]) == 1.0
+    full = MultimodalAlzheimersNet(mode="multimodal", in_channels=2, **ridge)
+    assert float(full.head[-1].weight[0, full.image_width - 1]) == 1.0  # the score's column
     hidden = MultimodalAlzheimersNet(mode="image_only", in_channels=2,
                                      **{**ridge, "head_hidden": (4,)})
     assert float(hidden.head[-1].weight.abs().max()) < 1.0  # an MLP head: left as initialized

@@ -205,19 +205,18 @@ class MultimodalAlzheimersNet(nn.Module):
                 "image": nn.Linear(self.image_width, 1),
                 "clinical": nn.Linear(int(clinical_out_dim), 1),
             })
-        if self.region_encoder is not None and self.region_encoder.readout == "ridge":
+        if (self.region_encoder is not None and self.region_encoder.readout == "ridge"
+                and not len(head_hidden)):
             # The ridge score (the image vector's last column) predicts the standardized
-            # target: a linear layer reading it directly starts increasing in it, at the
-            # target's logit slope (about 1 per standard deviation). From a random sign it
-            # learns the sign at the learning rate's pace: with `head_hidden: []` a head
-            # started negative was still inverted after 20 epochs (val AUROC 0.13).
-            direct: list[nn.Module] = [self.head[-1]] if not len(head_hidden) else []
-            if self.aux_heads is not None:
-                direct.append(self.aux_heads["image"])
+            # target: a head reading it directly starts increasing in it, at the target's
+            # logit slope (about 1 per standard deviation). From a random sign it learns the
+            # sign at the learning rate's pace: a head started negative was still inverted
+            # after 20 cpu-demo epochs (val AUROC 0.13). (The deep-supervision image head
+            # is left as it is: it trains only itself and scores nothing.)
+            last = self.head[-1]
+            assert isinstance(last, nn.Linear)
             with torch.no_grad():
-                for layer in direct:
-                    assert isinstance(layer, nn.Linear)
-                    layer.weight[0, self.image_width - 1] = 1.0
+                last.weight[0, self.image_width - 1] = 1.0
 
     # -------------------------------------------------- fitted input statistics
     @property
