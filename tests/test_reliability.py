@@ -102,8 +102,16 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tiny_cohor
 
 # ------------------------------------------------------------------ DDP on CPU
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process_and_only_rank_zero_writes(tmp_path):
-    manifest = make_tiny_cohort(tmp_path / "cohort", n=24)
+@pytest.mark.parametrize("sessions", [False, True], ids=["subjects", "sessions"])
+def test_two_process_ddp_matches_one_process_and_only_rank_zero_writes(tmp_path, sessions):
+    # With sessions: training rows are sessions (shared out across the processes), the
+    # evaluation splits score each subject's first session, metrics count subjects once.
+    if sessions:
+        from test_sessions import make_longitudinal_cohort
+
+        manifest = make_longitudinal_cohort(tmp_path / "cohort", n=24)
+    else:
+        manifest = make_tiny_cohort(tmp_path / "cohort", n=24)
     common = [
         f"data.manifest={manifest}", f"data.cache_dir={tmp_path / 'cache'}", *SMALL,
         "trainer.max_epochs=3", "data.augment=false", "model.dropout=0.0",
@@ -137,6 +145,9 @@ def test_two_process_ddp_matches_one_process_and_only_rank_zero_writes(tmp_path)
         a = pd.read_csv(tmp_path / "one" / "predictions" / f"{split}.csv")
         b = pd.read_csv(tmp_path / "ddp" / "predictions" / f"{split}.csv")
         assert list(a["subject_id"]) == list(b["subject_id"])
+        assert ("session_id" in a.columns) == sessions == ("session_id" in b.columns)
+        if sessions:
+            assert list(a["session_id"]) == list(b["session_id"])
         assert (a["score"] - b["score"]).abs().max() < 1e-4
 
     # Two processes ran; the second (LOCAL_RANK 1) wrote nothing into the run folder.
