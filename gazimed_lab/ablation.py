@@ -14,6 +14,7 @@ import pandas as pd
 
 from gazimed_lab.config import load_config
 from gazimed_lab.evaluation import compare_runs
+from gazimed_lab.paths import is_secondary_process
 from gazimed_lab.runner import train_and_evaluate
 from gazimed_lab.viz import plot_run_comparison
 
@@ -39,7 +40,8 @@ def run_ablations(
     """Train one run per input set and return the test-metric comparison table.
 
     Writes each run into ``out_dir/<name>/``, the table to
-    ``out_dir/ablations.csv`` and a figure to ``out_dir/ablations.png``.
+    ``out_dir/ablations.csv`` and a figure to ``out_dir/ablations.png``. Under DDP the
+    other processes train along and return an empty table (rank 0 writes).
     """
     out_dir = Path(out_dir)
     chosen = names or list(ABLATIONS)
@@ -57,7 +59,10 @@ def run_ablations(
         train_and_evaluate(cfg, run_dir=run_dir, overwrite=True)
         seconds[name] = time.perf_counter() - start
         runs[name] = run_dir
-        print(f"  {name:<24} {seconds[name]:6.0f} s", flush=True)
+        if not is_secondary_process():
+            print(f"  {name:<24} {seconds[name]:6.0f} s", flush=True)
+    if is_secondary_process():
+        return pd.DataFrame()
     table = compare_runs(runs, split="test", n_boot=n_boot)
     table["train_and_test_seconds"] = table["run"].map(seconds).round(0)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -139,6 +139,8 @@ def _cmd_cv(args: argparse.Namespace) -> int:
           flush=True)
     result = run_cv(cfg, args.folds, run_dir=args.run_dir, n_boot=args.n_boot, seed=args.seed,
                     overwrite=args.overwrite)
+    if result.summary is None:  # another process of a multi-process run: rank 0 reports
+        return 0
     folds = result.summary.folds
     columns = ["fold", "split", "n", "auroc", "balanced_accuracy", "mae", "epochs"]
     print(folds[columns].round(3).to_string(index=False))
@@ -153,6 +155,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
     manifest = args.manifest or demo_cohort(n_subjects=args.n_subjects)
     table = run_ablations(manifest, args.out_dir, preset=args.preset, overrides=args.overrides)
+    if table.empty:  # another process of a multi-process run: rank 0 reports
+        return 0
     columns = ["run", "auroc", "auroc_low", "auroc_high", "pearson", "mae", "n"]
     print(table[[c for c in columns if c in table.columns]].round(3).to_string(index=False))
     return 0

@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 
 from gazimed_lab.config import config_to_dict, load_config, save_config
 from gazimed_lab.evaluation.cv import STATE_FILE, CVSummary, summarize_cv
-from gazimed_lab.paths import output_path
+from gazimed_lab.paths import is_secondary_process, output_path
 from gazimed_lab.runner import train_and_evaluate
 
 __all__ = ["CVResult", "run_cv"]
@@ -42,10 +42,13 @@ _OUTPUTS = ("metrics.json", "folds.csv", "predictions", "figures/cv_folds.png")
 
 @dataclass
 class CVResult:
-    """A finished cross-validation: the summary and what this call did per fold."""
+    """A finished cross-validation: the summary and what this call did per fold.
+
+    ``summary`` is None in the other processes of a multi-process run (rank 0 writes it).
+    """
 
     run_dir: Path
-    summary: CVSummary
+    summary: CVSummary | None
     seconds: float
     actions: dict[int, str] = field(default_factory=dict)  # kept / resumed / trained
 
@@ -139,12 +142,18 @@ def run_cv(cfg: DictConfig | str, folds: int, run_dir: str | Path = "runs/cv",
     cfg.data.n_folds, cfg.data.fold = folds, 0
     run_dir = Path(run_dir).expanduser().resolve()
     params = _parameters(cfg, folds)
-    state = _prepare(run_dir, params, folds, overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Under DDP every process runs this loop (Lightning starts the others by running the
+    # command again, during the first fold's fit); only global rank 0 keeps the cv folder.
+    primary = not is_secondary_process()
     cfg.system.run_dir = str(run_dir)
-    save_config(cfg, run_dir / "config.yaml")  # the base config: what continues the run
     state_path = run_dir / STATE_FILE
-    _write_state(state_path, state)
+    if primary:
+        state = _prepare(run_dir, params, folds, overwrite)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")  # the base config: what continues the run
+        _write_state(state_path, state)
+    else:
+        state = {**params, "finished": {}}
     start = time.perf_counter()
     actions: dict[int, str] = {}
     for k in range(folds):
@@ -152,10 +161,11 @@ def run_cv(cfg: DictConfig | str, folds: int, run_dir: str | Path = "runs/cv",
         if (folder / "metrics.json").is_file():  # written last: the fold finished
             actions[k] = "kept"
             state["finished"].setdefault(str(k), None)
-            print(f"  fold {k}/{folds}: kept (finished before)", flush=True)
+            if primary:
+                print(f"  fold {k}/{folds}: kept (finished before)", flush=True)
             continue
         resume = "last" if (folder / "checkpoints" / "last.ckpt").is_file() else None
-        if resume is None and folder.exists():
+        if resume is None and folder.exists() and primary:
             shutil.rmtree(folder)  # an interrupted fold without a checkpoint: start it again
         fold_cfg = cfg.copy()
         fold_cfg.data.fold, fold_cfg.system.run_dir = k, str(folder)
@@ -165,10 +175,14 @@ def run_cv(cfg: DictConfig | str, folds: int, run_dir: str | Path = "runs/cv",
         seconds = round(time.perf_counter() - began, 1)
         actions[k] = "resumed" if resume else "trained"
         state["finished"][str(k)] = seconds
+        if not primary:
+            continue
         _write_state(state_path, state)
         auroc = result.val_metrics.get("auroc", float("nan"))
         print(f"  fold {k}/{folds}: {actions[k]} in {seconds:.0f} s, validation AUROC "
               f"{auroc:.3f}", flush=True)
+    if not primary:  # rank 0 alone summarizes (its folds' predictions)
+        return CVResult(run_dir, None, time.perf_counter() - start, actions)
     summary = summarize_cv(run_dir, folds, n_boot=n_boot, seed=seed,
                            threshold=float(cfg.optim.threshold))
     return CVResult(run_dir, summary, time.perf_counter() - start, actions)

@@ -15,6 +15,8 @@ a cache folder, an output folder). Three helpers keep it so:
 :func:`atomic_write` writes a file under a temporary name beside it, then renames
 it, so a crash or a full disk never leaves a truncated file under the real name,
 and :func:`check_not_input` refuses an output path that is one of the inputs.
+:func:`is_secondary_process` tells a multi-process run's other processes (which write
+nothing) before any trainer exists.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "check_not_input",
     "check_subject_id",
     "describe_os_error",
+    "is_secondary_process",
     "output_path",
     "path_state",
     "safe_name",
@@ -41,6 +44,30 @@ _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: The documented character set of subject identifiers.
 SAFE_ID_RULE = ("1-128 characters from letters, digits, '.', '_' and '-', starting with a "
                 "letter or a digit")
+
+
+#: Environment variables that hold a process's rank in a multi-process run: torchrun and
+#: Lightning's launcher (``RANK``, ``LOCAL_RANK``, ``NODE_RANK``, ``GROUP_RANK``), SLURM's
+#: srun (``SLURM_PROCID``), LSF's jsrun (``JSM_NAMESPACE_RANK``).
+RANK_VARIABLES: tuple[str, ...] = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
+                                   "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def is_secondary_process() -> bool:
+    """Whether this is a process other than global rank 0 of a multi-process run.
+
+    Read from the environment (:data:`RANK_VARIABLES`, any of them above 0), so it
+    holds before a trainer exists: Lightning's DDP launcher starts the other
+    processes by running the same command again, and the code before and between
+    ``trainer.fit`` calls (the folds of a cross-validation, the runs of an
+    ablation) runs in every process. Only global rank 0 keeps a run folder's
+    bookkeeping.
+    """
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return True
+    return False
 
 
 class OutputPathError(ValueError):

@@ -162,6 +162,52 @@ def test_two_process_ddp_matches_one_process_and_only_rank_zero_writes(tmp_path,
     assert any(r["path"].endswith("metrics.json") for r in writes)
 
 
+@pytest.mark.slow  # a 2-fold cv, one epoch each, in two processes: about 40 s
+def test_cv_under_ddp_keeps_its_folder_on_rank_zero(tmp_path):
+    # Lightning starts the second process by running the command again, during the first
+    # fold's fit: it runs the cv loop too. It must neither write the cv bookkeeping nor
+    # clear the fold rank 0 is training (it did: fold 0 lost its config, splits and
+    # environment, and the second process failed on the summary).
+    manifest = make_tiny_cohort(tmp_path / "cohort", n=24)
+    env = _subprocess_env(
+        PYTHONPATH=os.pathsep.join(p for p in (str(GUARD), os.environ.get("PYTHONPATH")) if p),
+        GAZIMED_GUARD_LOG=str(tmp_path / "guard"), GAZIMED_GUARD_WRITES="1")
+    run = tmp_path / "cv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gazimed_lab.cli", "cv", "--folds", "2", "--run-dir", str(run),
+         "--n-boot", "20", f"data.manifest={manifest}", f"data.cache_dir={tmp_path / 'cache'}",
+         *SMALL, "trainer.max_epochs=1", "data.augment=false", "trainer.accelerator=cpu",
+         "trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=2"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "gazimed-lab cv: error" not in proc.stderr, proc.stderr[-3000:]  # no process failed
+    for k in (0, 1):
+        fold = run / "folds" / str(k)
+        for name in ("config.yaml", "environment.txt", "metrics.json", "splits/train.csv",
+                     "predictions/test.csv"):
+            assert (fold / name).is_file(), f"fold {k} lacks {name}"
+    assert (run / "metrics.json").is_file() and (run / "folds.csv").is_file()
+    records = guard_module().read_records(tmp_path / "guard")
+    ranks = {r["pid"]: r["local_rank"] for r in records if r["event"] == "start"}
+    assert sorted(ranks.values(), key=str) == ["1", None]
+    secondary = sorted({r["path"] for r in records if r["event"] == "write"
+                        and ranks[r["pid"]] is not None and r["path"].startswith(str(run))})
+    assert secondary == []
+
+
+def test_secondary_processes_are_told_by_their_rank_variables(monkeypatch):
+    from gazimed_lab.paths import RANK_VARIABLES, is_secondary_process
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert not is_secondary_process()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert not is_secondary_process()
+    monkeypatch.setenv("NODE_RANK", "1")  # local rank 0 of the second node
+    assert is_secondary_process()
+
+
 STANDARDIZE_SCRIPT = textwrap.dedent('''
     import os, sys
     import torch, torch.distributed as dist, torch.multiprocessing as mp
