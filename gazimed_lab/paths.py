@@ -46,28 +46,35 @@ SAFE_ID_RULE = ("1-128 characters from letters, digits, '.', '_' and '-', starti
                 "letter or a digit")
 
 
-#: Environment variables that hold a process's rank in a multi-process run: torchrun and
-#: Lightning's launcher (``RANK``, ``LOCAL_RANK``, ``NODE_RANK``, ``GROUP_RANK``), SLURM's
-#: srun (``SLURM_PROCID``), LSF's jsrun (``JSM_NAMESPACE_RANK``).
-RANK_VARIABLES: tuple[str, ...] = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
-                                   "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+#: Environment variables that hold a process's rank, in the order Lightning reads them
+#: (``RANK``: torchrun's global rank; ``LOCAL_RANK`` before ``SLURM_PROCID``, which may be
+#: set without SLURM managing the processes; LSF's ``JSM_NAMESPACE_RANK``).
+RANK_VARIABLES: tuple[str, ...] = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+#: The node's index (Lightning's launcher, torchrun): a node other than 0 holds no rank 0.
+NODE_VARIABLES: tuple[str, ...] = ("NODE_RANK", "GROUP_RANK")
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() else None
 
 
 def is_secondary_process() -> bool:
     """Whether this is a process other than global rank 0 of a multi-process run.
 
-    Read from the environment (:data:`RANK_VARIABLES`, any of them above 0), so it
-    holds before a trainer exists: Lightning's DDP launcher starts the other
+    Read from the environment, so it holds before a trainer exists: the first of
+    :data:`RANK_VARIABLES` that is set (Lightning's order) above 0, or a node index
+    (:data:`NODE_VARIABLES`) above 0. Lightning's DDP launcher starts the other
     processes by running the same command again, and the code before and between
-    ``trainer.fit`` calls (the folds of a cross-validation, the runs of an
-    ablation) runs in every process. Only global rank 0 keeps a run folder's
-    bookkeeping.
+    ``trainer.fit`` calls (the folds of a cross-validation, the runs of an ablation)
+    runs in every process; only global rank 0 keeps a run folder's bookkeeping.
     """
-    for name in RANK_VARIABLES:
-        value = os.environ.get(name, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return True
-    return False
+    ranks = [r for r in (_env_int(n) for n in RANK_VARIABLES) if r is not None]
+    if os.environ.get("RANK", "").strip():  # torchrun: the global rank itself
+        return bool(ranks) and ranks[0] > 0
+    if ranks and ranks[0] > 0:
+        return True
+    return any((_env_int(n) or 0) > 0 for n in NODE_VARIABLES)
 
 
 class OutputPathError(ValueError):

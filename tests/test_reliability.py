@@ -196,15 +196,20 @@ def test_cv_under_ddp_keeps_its_folder_on_rank_zero(tmp_path):
 
 
 def test_secondary_processes_are_told_by_their_rank_variables(monkeypatch):
-    from gazimed_lab.paths import RANK_VARIABLES, is_secondary_process
+    from gazimed_lab.paths import NODE_VARIABLES, RANK_VARIABLES, is_secondary_process
 
-    for name in RANK_VARIABLES:
+    for name in (*RANK_VARIABLES, *NODE_VARIABLES):
         monkeypatch.delenv(name, raising=False)
     assert not is_secondary_process()
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_PROCID", "2")  # srun's third task
+    assert is_secondary_process()
+    monkeypatch.setenv("LOCAL_RANK", "0")  # read before SLURM_PROCID, as Lightning does
     assert not is_secondary_process()
     monkeypatch.setenv("NODE_RANK", "1")  # local rank 0 of the second node
+    assert is_secondary_process()
+    monkeypatch.setenv("RANK", "0")  # torchrun's global rank decides alone
+    assert not is_secondary_process()
+    monkeypatch.setenv("RANK", "5")
     assert is_secondary_process()
 
 
