@@ -10,6 +10,9 @@ batch size, workers and ``pin_memory`` (those of the datamodule's own loader):
 - ``cached_model``: the same plus ``finish_batch`` on CPU (float32: what a CPU model
   receives), and ``cached_aug``: the keyed training loader plus ``finish_batch(train=True)``
   (conversion and the preset's augmentation on CPU, in this one process);
+  ``cached_aug_trilinear``: the same with ``data.aug_resampler=trilinear`` (the exact
+  one-pass resampler instead of the default two passes); ``paired`` times these three
+  epoch for epoch in turn and gives the median of the per-round ratios;
 - ``cached_f32_loader``: ``split_dataloader("train")`` used outside a trainer
   (float32 made in the loader);
 - ``legacy_cached`` and ``legacy_monai_aug``: the cached loader and the training loader
@@ -31,6 +34,7 @@ and a ``cpu-demo`` training epoch through Lightning.
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import tempfile
@@ -230,12 +234,21 @@ def _throughput(label: str, preset: str, grid: str, cohort_n: int, n: int, worke
 
         keyed = subject_loader(train, int(data.batch_size), train=True, seed=dm.seed, **kwargs)
         loaders["cached_aug"] = (keyed, lambda b: dm.finish_batch(b, train=True))
+        # the same path with the exact trilinear resampler (data.aug_resampler=trilinear)
+        from gazimed_lab.data.augment import BatchAugment
+
+        exact_data = copy.deepcopy(cfg.data)
+        exact_data.aug_resampler = "trilinear"
+        exact = copy.copy(dm)
+        exact.augment = BatchAugment.from_config(exact_data, seed=dm.seed, support=dm.brain_box)
+        loaders["cached_aug_trilinear"] = (keyed, lambda b: exact.finish_batch(b, train=True))
         legacy = MonaiItemDataset(train, data, dm.seed)
         loaders["legacy_monai_aug"] = (DataLoader(
             legacy, batch_size=int(data.batch_size), num_workers=workers,
             pin_memory=bool(data.pin_memory), persistent_workers=workers > 0,
             sampler=SubjectSampler(legacy, shuffle=True, seed=dm.seed, keyed=True)), None)
-        out["augmentation"] = {k: float(v) for k, v in cfg.data.items() if k.startswith("aug_")}
+        out["augmentation"] = {k: v if isinstance(v, str) else float(v)
+                               for k, v in cfg.data.items() if k.startswith("aug_")}
     for name, (loader, finish) in loaders.items():
         out[name] = _rate(len(train), _timed_epochs(loader, finish, repeats))
     rates = {k: out[k]["samples_per_s"] for k in loaders}
@@ -248,6 +261,9 @@ def _throughput(label: str, preset: str, grid: str, cohort_n: int, n: int, worke
     if augment:
         out["cached_aug_over_naive"] = round(rates["cached_aug"] / rates["naive"], 2)
         out["aug_over_cached_model"] = round(rates["cached_aug"] / rates["cached_model"], 3)
+        out["aug_trilinear_over_cached_model"] = round(
+            rates["cached_aug_trilinear"] / rates["cached_model"], 3)
+        out["paired"] = _paired({k: loaders[k] for k in PAIRED}, len(train), 3 * repeats)
         out["aug_over_legacy"] = round(rates["cached_aug"] / rates["legacy_monai_aug"], 3)
         if workers == 0:
             out["augment_costs"] = _augment_costs(dm, cached, repeats)
@@ -262,6 +278,35 @@ def _throughput(label: str, preset: str, grid: str, cohort_n: int, n: int, worke
     return out
 
 
+#: The loaders timed epoch for epoch in turn (:func:`_paired`); the first is the reference.
+PAIRED = ("cached_model", "cached_aug", "cached_aug_trilinear")
+
+
+def _paired(loaders: dict[str, tuple[DataLoader, Any]], samples: int,
+            rounds: int) -> dict[str, Any]:
+    """Time one epoch of each loader in turn, ``rounds`` times; ratios within each round.
+
+    Drift of the machine between two separate timings (20-30 % here) hits both sides of a
+    round alike, so the median of the per-round ratios is the steadier figure.
+    """
+    names = list(loaders)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(max(1, rounds)):
+        for name in names:
+            loader, finish = loaders[name]
+            start = time.perf_counter()
+            _drain(loader, finish)
+            rates[name].append(samples / (time.perf_counter() - start))
+    base = rates[names[0]]
+    out: dict[str, Any] = {"rounds": max(1, rounds), "reference": names[0],
+                           "samples_per_s": {k: round(median(v), 1) for k, v in rates.items()}}
+    for name in names[1:]:
+        ratios = [a / b for a, b in zip(rates[name], base)]
+        out[f"{name}_ratio"] = {"median": round(median(ratios), 3),
+                                "min": round(min(ratios), 3), "max": round(max(ratios), 3)}
+    return out
+
+
 def _augment_costs(dm: Any, loader: DataLoader, repeats: int) -> dict[str, Any]:
     """Milliseconds per sample of each augmentation alone (every subject transformed)."""
     from gazimed_lab.data.augment import BatchAugment
@@ -271,13 +316,15 @@ def _augment_costs(dm: Any, loader: DataLoader, repeats: int) -> dict[str, Any]:
     keys = [(0, i) for i in range(images.shape[0])]
     d = dm.cfg.data
     base = {"prob": 1.0, "rotate_deg": 0.0, "scale": 0.0, "translate_vox": 0.0,
-            "intensity": 0.0, "noise_std": 0.0, "seed": dm.seed}
+            "intensity": 0.0, "noise_std": 0.0, "seed": dm.seed, "support": dm.brain_box}
     affine = {"rotate_deg": float(d.aug_rotate_deg), "scale": float(d.aug_scale),
               "translate_vox": float(d.aug_translate_vox)}
     kinds = {"intensity": {"intensity": float(d.aug_intensity)},
              "noise": {"noise_std": float(d.aug_noise_std)}}
     if any(affine.values()):
-        kinds["affine"] = affine
+        kinds["affine"] = affine  # the default resampler, inside the brain box
+        kinds["affine_whole_grid"] = {**affine, "support": None}
+        kinds["affine_trilinear"] = {**affine, "resampler": "trilinear"}
     out: dict[str, Any] = {"batch": int(images.shape[0]), "shape": list(images.shape[1:])}
     for name, extra in kinds.items():
         aug = BatchAugment(**{**base, **extra})

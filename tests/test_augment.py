@@ -33,7 +33,7 @@ def _volumes(n: int, shape: tuple[int, ...] = (3, 23, 27, 21), seed: int = 0) ->
 
 def test_batch_augment_is_monais_transforms_with_the_drawn_parameters() -> None:
     aug = BatchAugment(prob=1.0, rotate_deg=8.0, scale=0.08, translate_vox=2.0,
-                       intensity=0.1, noise_std=0.0, seed=11)
+                       intensity=0.1, noise_std=0.0, resampler="trilinear", seed=11)
     images = _volumes(3)
     keys = [(0, 4), (2, 4), (1, 9)]
     out = aug(images, torch.ones(3, 2), keys)
@@ -66,6 +66,36 @@ def test_noise_is_gaussian_with_the_drawn_std_and_pet_stays_zero_without_pet() -
     assert abs(float(noise.std()) - std) < 0.02 * std + 1e-3
     assert abs(float(noise.mean())) < 0.02 * std + 1e-3
     assert (out[1, 1] == 0).all() and not (out[1, 0] == images[1, 0]).all()
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+
+def test_noise_is_a_window_of_the_epochs_bank_fresh_every_epoch() -> None:
+    aug = BatchAugment(prob=1.0, rotate_deg=0.0, scale=0.0, translate_vox=0.0,
+                       intensity=0.0, noise_std=0.5, seed=3)
+    zeros = torch.zeros(2, 2, 20, 22, 18)
+    mask = torch.ones(2, 2)
+    n = zeros[0].numel()
+    out = aug(zeros, mask, [(4, 0), (4, 1)])
+    bank = aug.noise_bank(4, n, torch.device("cpu"))
+    assert bank.shape == (2 * n,)
+    windows = []
+    for b in range(2):
+        d = aug.draw(4, b, channels=2)
+        assert d.noise_std is not None
+        start = d.noise_seed % (n + 1)
+        windows.append(bank[start:start + n].view(zeros.shape[1:]))
+        assert torch.equal(out[b], windows[b] * d.noise_std)
+    # two subjects of one epoch: shifted windows, uncorrelated voxel by voxel
+    assert abs(_correlation(windows[0], windows[1])) < 0.05
+    later = aug(zeros, mask, [(5, 0), (5, 1)])  # a new epoch: a new bank
+    assert not torch.equal(aug.noise_bank(5, n, torch.device("cpu")), bank)
+    assert abs(_correlation(later[0], out[0])) < 0.05
+    again = BatchAugment(prob=1.0, rotate_deg=0.0, scale=0.0, translate_vox=0.0,
+                         intensity=0.0, noise_std=0.5, seed=3)
+    assert torch.equal(again(zeros, mask, [(4, 1), (4, 0)]), out[[1, 0]])  # from (seed, epoch)
 
 
 def test_draws_come_from_seed_epoch_and_subject_within_the_config_ranges() -> None:
@@ -181,3 +211,25 @@ def test_loaders_outside_a_trainer_serve_float32_augmented_alike(tiny_cohort: Pa
     index = [dm.train_dataset.subject_ids.index(s) for s in plain["subject_id"]]
     assert torch.equal(plain["images"],
                        torch.stack([dm.train_dataset[i]["images"] for i in index]))
+
+
+def test_normalized_volumes_are_zero_outside_the_box_the_affine_works_in(tiny_cohort: Path,
+                                                                       tmp_path: Path) -> None:
+    """The datamodule's affine skips what lies outside the brain mask's bounding box: every
+    cached volume is zero there, and the result equals the whole-grid resampling."""
+    cfg = cohort_config(tiny_cohort, tmp_path, *AFFINE, "data.channels=3", "data.batch_size=4")
+    dm = MNIDataModule(cfg)
+    dm.setup("fit")
+    train = dm.train_dataset
+    box = dm.brain_box
+    assert dm.augment is not None and dm.augment.support == box
+    inside = torch.zeros(dm.img_size, dtype=torch.bool)
+    inside[tuple(slice(lo, hi) for lo, hi in box)] = True
+    assert 0.2 < float(inside.float().mean()) < 0.9  # a real crop of this grid
+    images = torch.stack([train[i]["images"] for i in range(len(train))]).float()
+    assert (images[..., ~inside] == 0).all() and (images[..., inside] != 0).any()
+    keys = [(0, i) for i in range(len(train))]
+    mask = torch.ones(len(train), 2)
+    whole = BatchAugment.from_config(cfg.data, seed=dm.seed)  # no support: the whole grid
+    diff = dm.augment(images, mask, keys) - whole(images, mask, keys)
+    assert float(diff.abs().max()) < 1e-4  # float32 rounding of the grid coordinates

@@ -6,20 +6,29 @@ per-channel intensity scale and shift, and Gaussian noise to a batch of
 ``prob``, in that order (the kinds and ranges of MONAI's ``RandAffine``,
 ``RandScaleIntensity``, ``RandShiftIntensity`` and ``RandGaussianNoise`` that the
 workbench used per sample before; ``tests/test_augment.py`` checks the result
-against MONAI's own deterministic transforms with the same parameters).
+against MONAI's own deterministic transforms with the same parameters, with the
+``trilinear`` resampler).
 
 Every draw is a function of ``(seed, epoch, subject index)`` only
 (:meth:`BatchAugment.draw`): the parameters come from a NumPy generator seeded with
-:func:`~gazimed_lab.data.sampling.derive_seed`, and the noise from a torch generator
-on the images' device seeded from that draw. Each subject is transformed on its
+:func:`~gazimed_lab.data.sampling.derive_seed`. Each subject is transformed on its
 own, so its result does not depend on the batch it lands in, on the number of
-processes (DDP), or on a resume from a checkpoint. The noise stream differs
-between CPU and CUDA (each device's own generator): a run is reproducible on the
-kind of device it ran on.
+processes (DDP), or on a resume from a checkpoint.
 
-The items of a batch whose affine fires are resampled by one ``grid_sample`` call
-(torch spreads it over its threads); intensity changes and noise run per item, in
-place.
+The noise comes from a bank per epoch: ``2 n`` independent standard normals (``n``
+voxels in a sample) drawn on the CPU from ``(seed, epoch)`` and moved to the images'
+device; a subject's noise is the ``n`` consecutive values from an offset it draws
+uniformly in ``[0, n]``, times its drawn std. So within a subject the noise is
+i.i.d. Gaussian, as MONAI's ``RandGaussianNoise`` draws it; two subjects of one epoch
+get windows of the same values shifted against each other (voxel by voxel
+uncorrelated unless the offsets coincide, chance ``1 / (n + 1)``); every epoch draws a
+new bank. Drawing ``n`` fresh normals per subject cost 8-11 ms at 2 mm on one CPU core,
+as much as the whole random affine (README, Performance); the bank costs one draw of
+``2 n`` per epoch. The same bank on every device: CPU and CUDA runs get the same noise.
+
+The items of a batch whose affine fires are resampled in place by
+:func:`~gazimed_lab.data.resample.resample_` (``data.aug_resampler``: two 2D passes by
+default, or one trilinear 3D pass); intensity changes and noise run per item, in place.
 """
 
 from __future__ import annotations
@@ -31,10 +40,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.transforms.utils import create_rotate, create_scale, create_translate
 
-from gazimed_lab.config import DataConfig
+from gazimed_lab.config import RESAMPLERS, DataConfig
+from gazimed_lab.data.resample import Box, resample_
 from gazimed_lab.data.sampling import derive_seed
 
 __all__ = ["PADDING_MODES", "BatchAugment", "SubjectDraw"]
@@ -42,6 +51,7 @@ __all__ = ["PADDING_MODES", "BatchAugment", "SubjectDraw"]
 #: How the affine fills voxels moved in from outside the field of view.
 PADDING_MODES: tuple[str, ...] = ("zeros", "border")
 _DATA = DataConfig()  # defaults are the config's ``aug_*`` (typed once)
+_NOISE_STREAM = 0x6E6F697365  # derive_seed(seed, epoch, this): the epoch's noise bank
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,8 @@ class SubjectDraw:
     noise_std
         Standard deviation of the added Gaussian noise.
     noise_seed
-        Seed of the noise generator (drawn always, used when noise fires).
+        Where the subject's noise window starts in the epoch's bank (``noise_seed
+        % (n + 1)`` for samples of ``n`` voxels; drawn always, used when noise fires).
     """
 
     rotate: tuple[float, float, float] | None
@@ -109,6 +120,12 @@ class BatchAugment:
         Maximum standard deviation of the noise (drawn in ``[0, noise_std)``).
     padding_mode
         ``zeros`` (the normalized volumes are 0 outside the brain) or ``border``.
+    resampler
+        How the affine resamples (:data:`~gazimed_lab.config.RESAMPLERS`; see
+        :mod:`gazimed_lab.data.resample`).
+    support
+        A box outside which every image is zero (the brain mask's bounding box: the
+        datamodule passes it); the affine then works inside it. ``None``: the whole grid.
     seed
         The run's seed (``system.seed``).
     """
@@ -122,6 +139,8 @@ class BatchAugment:
         intensity: float = _DATA.aug_intensity,
         noise_std: float = _DATA.aug_noise_std,
         padding_mode: str = "zeros",
+        resampler: str = _DATA.aug_resampler,
+        support: Box | None = None,
         seed: int = 0,
     ) -> None:
         if not 0.0 <= prob <= 1.0:
@@ -134,6 +153,9 @@ class BatchAugment:
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"`padding_mode` must be one of {PADDING_MODES}, got "
                              f"{padding_mode!r}")
+        if resampler not in RESAMPLERS:
+            raise ValueError(f"`data.aug_resampler` must be one of {RESAMPLERS}, got "
+                             f"{resampler!r}")
         self.prob = float(prob)
         self.rotate = math.radians(rotate_deg)
         self.scale = float(scale)
@@ -141,17 +163,19 @@ class BatchAugment:
         self.intensity = float(intensity)
         self.noise_std = float(noise_std)
         self.padding_mode = padding_mode
+        self.resampler = resampler
+        self.support = support
         self.seed = int(seed)
         self.spatial = bool(rotate_deg or scale or translate_vox)
         self._scratch: dict[tuple[Any, ...], torch.Tensor] = {}
 
     @classmethod
-    def from_config(cls, data: Any, seed: int = 0) -> BatchAugment:
+    def from_config(cls, data: Any, seed: int = 0, support: Box | None = None) -> BatchAugment:
         """Build from a config's ``data`` section (``aug_*`` fields)."""
         return cls(prob=float(data.aug_prob), rotate_deg=float(data.aug_rotate_deg),
                    scale=float(data.aug_scale), translate_vox=float(data.aug_translate_vox),
                    intensity=float(data.aug_intensity), noise_std=float(data.aug_noise_std),
-                   seed=seed)
+                   resampler=str(data.aug_resampler), support=support, seed=seed)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -220,10 +244,11 @@ class BatchAugment:
             self._affine(out, moving)
         for b, d in enumerate(draws):
             if d.fired:
-                self._intensity_and_noise(out[b], d, bool(has_pet[b]))
+                self._intensity_and_noise(out[b], d, int(keys[b][0]), bool(has_pet[b]))
         return out
 
-    def _intensity_and_noise(self, x: torch.Tensor, d: SubjectDraw, has_pet: bool) -> None:
+    def _intensity_and_noise(self, x: torch.Tensor, d: SubjectDraw, epoch: int,
+                             has_pet: bool) -> None:
         """Scale, shift and add noise to one (C, D, H, W) sample in place."""
         channels = x.shape[0]
         if d.scale is not None:
@@ -231,58 +256,46 @@ class BatchAugment:
         if d.shift is not None:
             x.add_(torch.tensor(d.shift, dtype=x.dtype, device=x.device).view(channels, 1, 1, 1))
         if d.noise_std is not None:
-            noise = self._noise(x, d.noise_seed)
-            noise.mul_(d.noise_std)  # mul, then add (no fused alpha): one rounding everywhere
-            x.add_(noise)
+            noise = self._noise(x, epoch, d.noise_seed)
+            # mul, then add (no fused alpha): one rounding everywhere
+            x.add_(torch.mul(noise, d.noise_std, out=self._buffer(x)))
         if channels > 1 and not has_pet:
             x[1:].zero_()
 
-    def _noise(self, x: torch.Tensor, seed: int) -> torch.Tensor:
-        """Draw standard normal noise shaped like ``x`` from a generator seeded with ``seed``."""
-        generator = torch.Generator(device=x.device).manual_seed(seed)
+    def noise_bank(self, epoch: int, numel: int, device: torch.device) -> torch.Tensor:
+        """Return the epoch's bank: ``2 * numel`` standard normals, float32, on ``device``.
+
+        Drawn on the CPU from ``(seed, epoch)`` (the same values on every device) and
+        kept until another epoch asks for one.
+        """
+        key = ("bank", int(epoch), int(numel), str(device))
+        bank = self._scratch.get(key)
+        if bank is None:
+            for old in [k for k in self._scratch if k[0] == "bank"]:
+                del self._scratch[old]
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, _NOISE_STREAM))
+            bank = torch.randn(2 * numel, generator=generator, dtype=torch.float32)
+            bank = self._scratch[key] = bank.to(device)
+        return bank
+
+    def _noise(self, x: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+        """Return standard normals shaped like ``x``: the bank window ``seed`` picks."""
+        n = x.numel()
+        start = int(seed) % (n + 1)
+        return self.noise_bank(epoch, n, x.device)[start:start + n].view(x.shape)
+
+    def _buffer(self, x: torch.Tensor) -> torch.Tensor:
+        """Return a scratch tensor shaped like ``x`` (reused on CPU: fresh ones page-fault)."""
         if x.device.type != "cpu":
-            return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        key = (tuple(x.shape), x.dtype)
+            return torch.empty_like(x)
+        key = ("buffer", tuple(x.shape), x.dtype)
         buffer = self._scratch.get(key)
-        if buffer is None:  # reused: a fresh large CPU buffer costs its page faults every time
+        if buffer is None:
             from gazimed_lab.data.batches import host_empty
 
             buffer = self._scratch[key] = host_empty(tuple(x.shape), x.dtype)
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype, out=buffer)
+        return buffer
 
     def _affine(self, out: torch.Tensor, moving: list[tuple[int, np.ndarray]]) -> None:
-        """Resample the items ``moving`` names, in place (trilinear, ``padding_mode``).
-
-        One ``grid_sample`` over those items (torch parallelizes it over them); each
-        item's grid depends on its own matrix only, so it comes out as if alone.
-        """
-        shape = tuple(int(n) for n in out.shape[2:])
-        items = [b for b, _ in moving]
-        grid = torch.cat([_sampling_grid(a, shape, out.device) for _, a in moving])
-        source = out if items == list(range(out.shape[0])) else out[items]
-        moved = F.grid_sample(source, grid, mode="bilinear", padding_mode=self.padding_mode,
-                              align_corners=False)
-        for j, b in enumerate(items):
-            out[b].copy_(moved[j])
-
-
-def _sampling_grid(affine: np.ndarray, shape: tuple[int, ...],
-                   device: torch.device) -> torch.Tensor:
-    """``grid_sample`` grid (1, D, H, W, 3) of an affine in MONAI's convention.
-
-    Output voxel ``p`` (centred coordinates) samples the input at ``affine @ p``,
-    normalized as ``2 q / n`` (``align_corners=False``), as MONAI's ``Resample`` does.
-    Built by broadcasting (elementwise, the same rounding whatever else is in the batch).
-    """
-    sizes = np.asarray(shape, dtype=np.float64)
-    # grid channel g holds the coordinate along input axis 2 - g (x = W, y = H, z = D)
-    order = [2, 1, 0]
-    coef = 2.0 * affine[order, :3] / sizes[order, None]   # (3 grid channels, 3 output axes)
-    offset = 2.0 * affine[order, 3] / sizes[order]
-    f32 = torch.float32
-    axes = [torch.arange(n, dtype=f32, device=device) - (n - 1) / 2.0 for n in shape]
-    c = torch.as_tensor(coef, dtype=f32, device=device)
-    o = torch.as_tensor(offset, dtype=f32, device=device)
-    depth_height = (axes[0].view(-1, 1, 1, 1) * c[:, 0] + o) + axes[1].view(1, -1, 1, 1) * c[:, 1]
-    grid = depth_height + axes[2].view(1, 1, -1, 1) * c[:, 2]
-    return grid.unsqueeze(0)
+        """Resample the items ``moving`` names, in place (``resampler``, ``padding_mode``)."""
+        resample_(out, moving, self.resampler, self.padding_mode, self.support)

@@ -58,6 +58,8 @@ from gazimed_lab.data.cache_build import cache_subjects
 from gazimed_lab.data.clinical import ClinicalStats, align_feature_columns
 from gazimed_lab.data.grid import Grid, grid_from_config
 from gazimed_lab.data.manifest import RESERVED_COLUMNS, Cohort, read_manifest
+from gazimed_lab.data.normalize import brain_mask
+from gazimed_lab.data.resample import mask_box
 from gazimed_lab.data.sampling import SubjectSampler
 from gazimed_lab.data.sessions import has_sessions
 from gazimed_lab.data.spec import InputSpec
@@ -184,9 +186,13 @@ class MNIDataModule(pl.LightningDataModule):
         self._checked_for_training = False
         self._image_records: dict[str, list[dict[str, str]]] = {}
         self._warned_flagged = False
+        #: Bounding box of the grid's brain mask: every normalized volume is 0 outside it
+        #: (``gazimed_lab.data.normalize``), so the random affine works inside it.
+        self.brain_box = mask_box(brain_mask(self.grid))
         #: Training augmentation (``data.augment``), applied to whole batches.
         self.augment: BatchAugment | None = (
-            BatchAugment.from_config(data, seed=self.seed) if bool(data.augment) else None)
+            BatchAugment.from_config(data, seed=self.seed, support=self.brain_box)
+            if bool(data.augment) else None)
 
     # ------------------------------------------------------------------ tables
     def _prepare_tables(self) -> None:

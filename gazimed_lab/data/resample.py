@@ -1,0 +1,208 @@
+"""Affine resampling of image batches for augmentation: trilinear, or in two 2D passes.
+
+Both resamplers take an affine in MONAI's convention: output voxel ``p`` (coordinates
+centred on the volume, array axis order) samples the input at ``affine @ p``, with
+``grid_sample``'s ``align_corners=False`` and a padding mode (what ``Resample`` does).
+
+- ``trilinear``: one 3D ``grid_sample`` (eight taps per voxel). On CUDA one fused kernel;
+  on CPU torch's 3D kernel is scalar and runs one thread per item.
+- ``two_pass`` (the default): the same coordinates, factored into an in-plane bilinear
+  pass on each input slice along the first axis, then a linear pass along that axis:
+  ``out(p) = J(s0(p), p1, p2)`` with ``J(k, p1, p2) = I(k, s1, s2)``, where ``(s1, s2)`` is
+  where ``p`` lands in-plane when its first coordinate lands on slice ``k``. Both passes
+  are 2D ``grid_sample`` calls, whose CPU kernel is vectorized and spread over threads:
+  about 3x the 3D kernel at 2 mm on one CPU core (README, Performance). Every output voxel
+  samples the exact affine position; only the interpolation weights differ from trilinear:
+  the two in-plane samples are taken where the line through ``p`` crosses slices ``k`` and
+  ``k + 1`` instead of straight above each other (the shear-warp factorization). On smooth
+  images its error against the true values is that of trilinear interpolation
+  (``tests/test_resample.py``); on the synthetic cohort the two differ by under 1 % of the
+  intensity range. It needs ``|affine[0, 0]| >= 0.5`` (rotations of up to 60 degrees off the
+  first axis); an item beyond falls back to ``trilinear``.
+
+Given a ``support`` box outside which every item is zero (the normalized volumes are 0
+outside the grid's brain mask: the datamodule passes that mask's bounding box, about 57 %
+of the 2 mm grid), the two passes compute only the slices and the output box that can be
+nonzero and fill the rest with zeros: the same values (``zeros`` padding only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gazimed_lab.config import RESAMPLERS
+
+__all__ = ["RESAMPLERS", "Box", "mask_box", "resample_", "sampling_grid"]
+
+#: ``(start, stop)`` voxel index range per spatial axis.
+Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+_MIN_PIVOT = 0.5  # |affine[0, 0]| below this: the two-pass factorization is ill-conditioned
+_MARGIN = 1.5  # voxels kept around a support box (linear interpolation reaches 1)
+
+
+def mask_box(mask: np.ndarray) -> Box:
+    """Return the bounding box of a 3D boolean mask, as ``(start, stop)`` per axis."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 3 or not mask.any():
+        raise ValueError(f"`mask` must be a 3D boolean array with a True voxel, got shape "
+                         f"{mask.shape} with {int(mask.sum())} True")
+    ranges = []
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        ranges.append((int(hit[0]), int(hit[-1]) + 1))
+    return ranges[0], ranges[1], ranges[2]
+
+
+def resample_(images: torch.Tensor, moves: Sequence[tuple[int, np.ndarray]],
+              method: str = "two_pass", padding_mode: str = "zeros",
+              support: Box | None = None) -> None:
+    """Resample items of ``images`` (N, C, D, H, W) float32 in place, each with its affine.
+
+    Parameters
+    ----------
+    images
+        The batch, on any device; the items ``moves`` names are overwritten.
+    moves
+        ``(item, affine)`` pairs: the (4, 4) map from centred output to centred input
+        voxel coordinates of that item.
+    method
+        One of :data:`RESAMPLERS`.
+    padding_mode
+        ``grid_sample``'s ``zeros`` or ``border``.
+    support
+        A box outside which every item of ``images`` is zero (:func:`mask_box` of the
+        brain mask): ``two_pass`` with ``zeros`` padding then works inside it only,
+        with the same result. Wrong if the images are not zero outside it.
+
+    Item ``n``'s result depends on ``images[n]`` and its affine only.
+    """
+    if method not in RESAMPLERS:
+        raise ValueError(f"`method` must be one of {RESAMPLERS}, got {method!r}")
+    if images.ndim != 5:
+        raise ValueError(f"`images` must be (N, C, D, H, W), got {tuple(images.shape)}")
+    shape = tuple(int(n) for n in images.shape[2:])
+    if support is None or padding_mode != "zeros":
+        support = ((0, shape[0]), (0, shape[1]), (0, shape[2]))
+    flat = [(b, a) for b, a in moves
+            if method == "trilinear" or abs(float(a[0, 0])) < _MIN_PIVOT]
+    if flat:  # one 3D grid_sample over those items (torch spreads it over them)
+        items = [b for b, _ in flat]
+        grid = torch.cat([sampling_grid(a, shape, images.device) for _, a in flat])
+        source = images if items == list(range(images.shape[0])) else images[items]
+        moved = F.grid_sample(source, grid, mode="bilinear", padding_mode=padding_mode,
+                              align_corners=False)
+        for j, b in enumerate(items):
+            images[b].copy_(moved[j])
+    done = {b for b, _ in flat}
+    for b, affine in moves:
+        if b in done:
+            continue
+        box = _output_box(np.asarray(affine, dtype=np.float64), support, shape)
+        if box is None:
+            images[b].zero_()
+            continue
+        moved = _two_pass(images[b], affine, padding_mode, support[0], box)
+        if box != ((0, shape[0]), (0, shape[1]), (0, shape[2])):
+            images[b].zero_()
+        (o0, e0), (o1, e1), (o2, e2) = box
+        images[b, :, o0:e0, o1:e1, o2:e2].copy_(moved.permute(1, 2, 0, 3))
+
+
+def sampling_grid(affine: np.ndarray, shape: tuple[int, ...],
+                  device: torch.device) -> torch.Tensor:
+    """``grid_sample`` grid (1, D, H, W, 3) of an affine in MONAI's convention.
+
+    Output voxel ``p`` (centred coordinates) samples the input at ``affine @ p``,
+    normalized as ``2 q / n`` (``align_corners=False``), as MONAI's ``Resample`` does.
+    Built by broadcasting (elementwise, the same rounding whatever else is in the batch).
+    """
+    sizes = np.asarray(shape, dtype=np.float64)
+    # grid channel g holds the coordinate along input axis 2 - g (x = W, y = H, z = D)
+    order = [2, 1, 0]
+    coef = 2.0 * affine[order, :3] / sizes[order, None]   # (3 grid channels, 3 output axes)
+    offset = 2.0 * affine[order, 3] / sizes[order]
+    f32 = torch.float32
+    axes = _centred(shape, device)
+    c = torch.as_tensor(coef, dtype=f32, device=device)
+    o = torch.as_tensor(offset, dtype=f32, device=device)
+    depth_height = (axes[0].view(-1, 1, 1, 1) * c[:, 0] + o) + axes[1].view(1, -1, 1, 1) * c[:, 1]
+    grid = depth_height + axes[2].view(1, 1, -1, 1) * c[:, 2]
+    return grid.unsqueeze(0)
+
+
+def _centred(shape: tuple[int, ...], device: torch.device) -> list[torch.Tensor]:
+    return [torch.arange(n, dtype=torch.float32, device=device) - (n - 1) / 2.0 for n in shape]
+
+
+def _output_box(m: np.ndarray, support: Box, shape: tuple[int, ...]) -> Box | None:
+    """Return the output voxels the two passes can make nonzero from ``support`` (or None).
+
+    In-plane (axes 1, 2): the bounding box of the preimage of the support (plus a
+    margin); along axis 0: the voxels whose source slice is within a margin of the
+    support's slices, anywhere in that in-plane box.
+    """
+    centre = np.array([(n - 1) / 2.0 for n in shape])
+    lin, t = m[:3, :3], m[:3, 3]
+    low = np.array([lo for lo, _ in support], float) - centre - _MARGIN
+    high = np.array([hi - 1 for _, hi in support], float) - centre + _MARGIN
+    corners = np.array(np.meshgrid(*zip(low, high), indexing="ij")).reshape(3, -1)
+    p = np.linalg.solve(lin, corners - t[:, None]) + centre[:, None]
+    box = [(max(0, int(np.floor(p[i].min()))), min(shape[i], int(np.ceil(p[i].max())) + 1))
+           for i in (1, 2)]
+    if any(lo >= hi for lo, hi in box):
+        return None
+    inplane = np.array(np.meshgrid(*[(lo - centre[i], hi - 1 - centre[i])
+                                     for i, (lo, hi) in zip((1, 2), box)], indexing="ij"))
+    slices = np.array([low[0], high[0]])
+    p0 = ((slices[:, None] - lin[0, 1] * inplane[0].ravel()[None, :]
+           - lin[0, 2] * inplane[1].ravel()[None, :] - t[0]) / lin[0, 0] + centre[0])
+    first = (max(0, int(np.floor(p0.min()))), min(shape[0], int(np.ceil(p0.max())) + 1))
+    if first[0] >= first[1]:
+        return None
+    return first, box[0], box[1]
+
+
+def _two_pass(volume: torch.Tensor, affine: np.ndarray, padding_mode: str,
+              slices: tuple[int, int], box: Box) -> torch.Tensor:
+    """Resample one (C, D, H, W) volume in two 2D passes, from input ``slices`` into ``box``.
+
+    Returns the output box as (H', C, D', W').
+    """
+    depth, height, width = (int(n) for n in volume.shape[1:])
+    device, f32 = volume.device, torch.float32
+    m, t = np.asarray(affine[:3, :3], np.float64), np.asarray(affine[:3, 3], np.float64)
+    centre = [(n - 1) / 2.0 for n in (depth, height, width)]
+    (k0, k1), n_slices = slices, slices[1] - slices[0]
+    a0, a1, a2 = (torch.arange(lo, hi, dtype=f32, device=device) - c
+                  for (lo, hi), c in zip(box, centre))
+    # pass 1, on input slice k (centred s0): (s1, s2) = inplane @ (p1, p2) + shift(s0)
+    ratio = m[1:, 0] / m[0, 0]
+    inplane = m[1:, 1:] - np.outer(ratio, m[0, 1:])
+    s0 = np.arange(k0, k1, dtype=np.float64) - centre[0]
+    shift = (t[1:] - ratio * t[0])[None, :] + s0[:, None] * ratio[None, :]   # (K, 2)
+    grid = torch.empty(n_slices, len(a1), len(a2), 2, dtype=f32, device=device)
+    for channel, (row, size) in enumerate(((1, width), (0, height))):  # x = W, y = H
+        plane = (a1.view(-1, 1) * float(2 * inplane[row, 0] / size)
+                 + a2.view(1, -1) * float(2 * inplane[row, 1] / size))
+        step = torch.as_tensor(2 * shift[:, row] / size, dtype=f32, device=device)
+        torch.add(plane.unsqueeze(0), step.view(-1, 1, 1), out=grid[..., channel])
+    moved = F.grid_sample(volume[:, k0:k1].permute(1, 0, 2, 3), grid, mode="bilinear",
+                          padding_mode=padding_mode, align_corners=False)   # (K, C, H', W')
+    # pass 2, on each output row p1: sample slice s0(p) = m[0] @ p + t0 (as an index into
+    # the K computed slices), column p2 exactly
+    n2 = len(a2)
+    grid = torch.empty(len(a1), len(a0), n2, 2, dtype=f32, device=device)
+    grid[..., 0] = ((torch.arange(n2, dtype=f32, device=device) - (n2 - 1) / 2.0)
+                    * (2.0 / n2)).view(1, 1, -1)
+    scale = 2.0 / n_slices
+    offset = t[0] + centre[0] - k0 - (n_slices - 1) / 2.0
+    rows = (a0.view(-1, 1) * float(scale * m[0, 0])
+            + a2.view(1, -1) * float(scale * m[0, 2]) + float(scale * offset))
+    torch.add(rows.unsqueeze(0), (a1 * float(scale * m[0, 1])).view(-1, 1, 1),
+              out=grid[..., 1])
+    return F.grid_sample(moved.permute(2, 1, 0, 3), grid, mode="bilinear",
+                         padding_mode=padding_mode, align_corners=False)   # (H', C, D', W')
