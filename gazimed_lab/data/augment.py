@@ -256,9 +256,7 @@ class BatchAugment:
         if d.shift is not None:
             x.add_(torch.tensor(d.shift, dtype=x.dtype, device=x.device).view(channels, 1, 1, 1))
         if d.noise_std is not None:
-            noise = self._noise(x, epoch, d.noise_seed)
-            # mul, then add (no fused alpha): one rounding everywhere
-            x.add_(torch.mul(noise, d.noise_std, out=self._buffer(x)))
+            x.add_(self._noise(x, epoch, d.noise_seed), alpha=d.noise_std)  # one pass
         if channels > 1 and not has_pet:
             x[1:].zero_()
 
@@ -283,18 +281,6 @@ class BatchAugment:
         n = x.numel()
         start = int(seed) % (n + 1)
         return self.noise_bank(epoch, n, x.device)[start:start + n].view(x.shape)
-
-    def _buffer(self, x: torch.Tensor) -> torch.Tensor:
-        """Return a scratch tensor shaped like ``x`` (reused on CPU: fresh ones page-fault)."""
-        if x.device.type != "cpu":
-            return torch.empty_like(x)
-        key = ("buffer", tuple(x.shape), x.dtype)
-        buffer = self._scratch.get(key)
-        if buffer is None:
-            from gazimed_lab.data.batches import host_empty
-
-            buffer = self._scratch[key] = host_empty(tuple(x.shape), x.dtype)
-        return buffer
 
     def _affine(self, out: torch.Tensor, moving: list[tuple[int, np.ndarray]]) -> None:
         """Resample the items ``moving`` names, in place (``resampler``, ``padding_mode``)."""

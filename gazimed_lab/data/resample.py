@@ -106,10 +106,21 @@ def resample_(images: torch.Tensor, moves: Sequence[tuple[int, np.ndarray]],
             images[b].zero_()
             continue
         moved = _two_pass(images[b], affine, padding_mode, support[0], box)
-        if box != ((0, shape[0]), (0, shape[1]), (0, shape[2])):
-            images[b].zero_()
+        _zero_outside(images[b], box)
         (o0, e0), (o1, e1), (o2, e2) = box
         images[b, :, o0:e0, o1:e1, o2:e2].copy_(moved.permute(1, 2, 0, 3))
+
+
+def _zero_outside(volume: torch.Tensor, box: Box) -> None:
+    """Set the voxels of a (C, D, H, W) volume outside ``box`` to 0 (six slabs, in place)."""
+    (o0, e0), (o1, e1), (o2, e2) = box
+    volume[:, :o0].zero_()
+    volume[:, e0:].zero_()
+    inner = volume[:, o0:e0]
+    inner[:, :, :o1].zero_()
+    inner[:, :, e1:].zero_()
+    inner[:, :, o1:e1, :o2].zero_()
+    inner[:, :, o1:e1, e2:].zero_()
 
 
 def sampling_grid(affine: np.ndarray, shape: tuple[int, ...],
