@@ -58,13 +58,15 @@ def test_qa_browser_filters_by_flag_and_redraws(tiny_cohort):
     assert browser.subject.value == "sub-003"
 
 
-def test_qa_browser_without_matches_and_errors(tiny_cohort):
+def test_qa_browser_without_matches_and_errors(tiny_cohort, capsys):
     table = run_qa(tiny_cohort, grid="demo_4mm").table
     clean = table[table["subject_id"] != "sub-003"]
     browser = viz.qa_browser(clean)
     assert list(browser.flag.options) == ["all subjects", "flagged", "not flagged"]
+    capsys.readouterr()
     browser.flag.value = "flagged"
     assert browser.subject.value is None and browser.figure is None
+    assert "no subject is flagged" in capsys.readouterr().out  # the Output widget, no kernel
     with pytest.raises(ValueError, match=r"`qa` must be the QA table .* without \['flags'\]"):
         viz.qa_browser(table.drop(columns="flags"))
     with pytest.raises(ValueError, match="`qa` must have at least one row"):

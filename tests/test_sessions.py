@@ -415,6 +415,12 @@ def test_qa_follows_the_training_session_order_and_flags_each_session(
             if ax.get_title()] == ["MRI", "PET"]
     browser.flag.value = "all subjects"
     assert len(browser.subject.options) == 37 and browser.count.value == "37 sessions"
+    unflagged = report.table[report.table["flags"].fillna("") == ""]
+    quiet = viz.qa_browser(unflagged)
+    capsys.readouterr()
+    quiet.flag.value = "flagged"
+    assert quiet.count.value == "0 sessions" and quiet.figure is None
+    assert "no session is flagged" in capsys.readouterr().out  # the Output widget, no kernel
 
 
 def test_single_session_manifest_gets_no_session_column(tiny_cohort: Path,

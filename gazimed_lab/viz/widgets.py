@@ -292,7 +292,7 @@ class QABrowser(widgets.VBox):
         if sid is None:
             with self.output:
                 self.output.clear_output(wait=True)
-                display(widgets.HTML(f"<b>no subject is {html.escape(self.flag.value)}</b>"))
+                display(widgets.HTML(f"<b>no {what} is {html.escape(self.flag.value)}</b>"))
             self.figure = None
             return None
         rows = self.qa[self._unit == str(sid)]
