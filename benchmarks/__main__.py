@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "gpu" in suites:
         from benchmarks.gpu import run_gpu_suite
 
-        results["gpu"] = run_gpu_suite(args.size, int(spec["gpu_batch"]))
+        results["gpu"] = run_gpu_suite(args.size, int(spec["gpu_batch"]), work_dir=work.resolve())
     results["duration_s"] = round(time.perf_counter() - start, 1)
     results["loadavg_end"] = load_now()
     return results

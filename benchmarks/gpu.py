@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks.common import median
@@ -117,8 +118,13 @@ def _model_flops(preset: str, batch: int) -> int:
     return int(counter.get_total_flops())
 
 
-def run_gpu_suite(size: str, batch: int, steps: int = 10) -> dict[str, Any]:
+def run_gpu_suite(size: str, batch: int, steps: int = 10,
+                  work_dir: Path | None = None) -> dict[str, Any]:
     """Measure the reference-size network (``tiny``: cpu-demo) on the first CUDA device.
+
+    With ``work_dir`` also the training loader into the device
+    (:func:`benchmarks.device_loader.run_device_loader`: generated cohorts and caches go
+    there) and whether it keeps up with the fastest network configuration.
 
     Parameters
     ----------
@@ -129,6 +135,8 @@ def run_gpu_suite(size: str, batch: int, steps: int = 10) -> dict[str, Any]:
         Batch size.
     steps
         Timed steps per configuration (after three warm-up steps).
+    work_dir
+        Where the loader part keeps its cohort and cache (None: no loader part).
     """
     import torch
 
@@ -173,4 +181,14 @@ def run_gpu_suite(size: str, batch: int, steps: int = 10) -> dict[str, Any]:
     ckpt = rows.get(("bf16-mixed", True, False), {})
     if "max_memory_allocated_gib" in ckpt:
         out["bf16_checkpointing_gib"] = ckpt["max_memory_allocated_gib"]
+    if work_dir is not None:
+        from benchmarks.device_loader import keeps_up, run_device_loader
+
+        try:
+            out["loader"] = run_device_loader("cuda", size, work_dir / "device-loader")
+        except Exception as exc:  # recorded, not raised: the network numbers stand
+            out["loader"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        fastest = max((r["samples_per_s"] for r in out["configs"] if "samples_per_s" in r),
+                      default=None)
+        out["loader_vs_network"] = keeps_up(out["loader"], fastest)
     return out

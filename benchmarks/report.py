@@ -88,12 +88,18 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     if "skipped" in gpu:
         add("GPU: bf16 >= 2x float32", None, ">= 2", None, gpu["skipped"])
         add("GPU: batch 4 with checkpointing <= 16 GB", None, "<= 16 GiB", None, gpu["skipped"])
+        add("GPU: the augmented training loader keeps up with the network", None, ">= 1x", None,
+            gpu["skipped"])
     elif gpu:
         value = gpu.get("bf16_over_fp32")
         add("GPU: bf16 >= 2x float32", value, ">= 2", None if value is None else value >= 2)
         mem = gpu.get("bf16_checkpointing_gib")
         add(f"GPU: batch {gpu.get('batch')} with checkpointing <= 16 GB", mem, "<= 16 GiB",
             None if mem is None else mem <= 16)
+        verdict = gpu.get("loader_vs_network") or {}
+        add("GPU: the augmented training loader keeps up with the network",
+            verdict.get("loader_over_network"), ">= 1x", verdict.get("keeps_up"),
+            "the best worker setting against the fastest network setting")
     return out
 
 
@@ -206,6 +212,7 @@ def render(results: dict[str, Any], markdown: bool = False) -> str:
                     for r in gpu["configs"]]
             lines += _table(["precision", "checkpointing", "compile", "samples/s", "peak GiB",
                              "TFLOP/s", "of peak", "note"], rows, markdown)
+            lines += _loader_lines(gpu, markdown)
     checks = goals(results)
     if checks:
         lines += ["", "Goals:"]
@@ -214,6 +221,32 @@ def render(results: dict[str, Any], markdown: bool = False) -> str:
                 for g in checks]
         lines += _table(["goal", "measured", "target", "status", "note"], rows, markdown)
     return "\n".join(lines)
+
+
+def _loader_lines(gpu: dict[str, Any], markdown: bool) -> list[str]:
+    """The training loader into the device (``gpu["loader"]``) and whether it keeps up."""
+    loader = gpu.get("loader")
+    if not loader:
+        return []
+    if "error" in loader:
+        return ["", f"Training loader into the device: failed ({loader['error']})"]
+    lines = ["", f"Training loader into {loader['device']} ({loader['grid']}, {loader['preset']} "
+                 f"augmentation; samples/s, median): host = float16 batches only; to device = "
+                 "plus the copy, conversion and augmentation on the device"]
+    rows = [[r["num_workers"], r["batch_size"], r["pin_memory"], r["host"],
+             r["to_device_two_pass"], r["to_device_trilinear"]] for r in loader["rows"]]
+    lines += _table(["workers", "batch", "pinned", "host", "to device (two_pass)",
+                     "to device (trilinear)"], rows, markdown)
+    lines.append("augmentation alone on the device, ms per sample (every transform): "
+                 f"two_pass {loader.get('augment_ms_per_sample_two_pass')}, trilinear "
+                 f"{loader.get('augment_ms_per_sample_trilinear')}")
+    verdict = gpu.get("loader_vs_network") or {}
+    if verdict.get("keeps_up") is not None:
+        lines.append(f"loader {verdict['loader_samples_per_s']} samples/s against the fastest "
+                     f"network setting's {verdict['network_samples_per_s']}: "
+                     f"{verdict['loader_over_network']}x, "
+                     f"{'keeps up' if verdict['keeps_up'] else 'does NOT keep up'}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

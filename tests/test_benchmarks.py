@@ -130,3 +130,21 @@ def test_naive_baseline_matches_network_interface() -> None:
     logits = fused.logits(images, torch.ones(2, 2), features, torch.ones_like(features))
     assert logits.shape == (2,) and torch.isfinite(logits).all()
     assert every.fusion_flops(2) > fused.fusion_flops(2) > 0
+
+
+def test_device_loader_part_runs_on_any_device(tmp_path: Path) -> None:
+    """The GPU suite's loader part (run on CUDA when a GPU is lent) on the CPU, tiny size."""
+    from benchmarks.device_loader import keeps_up, run_device_loader
+    from benchmarks.report import _loader_lines
+
+    loader = run_device_loader("cpu", "tiny", tmp_path, repeats=1)
+    (row,) = loader["rows"]
+    assert row["train_subjects"] > 0 and row["pin_memory"] is False
+    for key in ("host", "to_device_two_pass", "to_device_trilinear"):
+        assert math.isfinite(row[key]) and row[key] > 0
+    assert loader["augment_ms_per_sample_two_pass"] > 0
+    slow = keeps_up(loader, network_samples_per_s=row["to_device_two_pass"] * 2)
+    assert slow["keeps_up"] is False and slow["loader_over_network"] == 0.5
+    assert keeps_up(loader, None) == {"keeps_up": None}
+    text = "\n".join(_loader_lines({"loader": loader, "loader_vs_network": slow}, False))
+    assert "does NOT keep up" in text and "to device (two_pass)" in text
