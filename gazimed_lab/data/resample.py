@@ -16,9 +16,11 @@ centred on the volume, array axis order) samples the input at ``affine @ p``, wi
   the two in-plane samples are taken where the line through ``p`` crosses slices ``k`` and
   ``k + 1`` instead of straight above each other (the shear-warp factorization). On smooth
   images its error against the true values is that of trilinear interpolation
-  (``tests/test_resample.py``); on the synthetic cohort the two differ by under 1 % of the
-  intensity range. It needs ``|affine[0, 0]| >= 0.5`` (rotations of up to 60 degrees off the
-  first axis); an item beyond falls back to ``trilinear``.
+  (``tests/test_resample.py``). On 12 subjects of the 2 mm synthetic cohort (rotations up to
+  5 degrees, zooms up to 5 %, shifts up to 2 voxels) the two differ by at most 1.7 % of a
+  channel's range, under 0.6 % in 99.9 % of voxels (RMS: 0.4 % of the in-brain SD). It
+  needs ``|affine[0, 0]| >= 0.5`` (rotations of up to 60 degrees off the first axis); an
+  item beyond falls back to ``trilinear``.
 
 Given a ``support`` box outside which every item is zero (the normalized volumes are 0
 outside the grid's brain mask: the datamodule passes that mask's bounding box, about 57 %
