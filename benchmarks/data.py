@@ -235,12 +235,7 @@ def _throughput(label: str, preset: str, grid: str, cohort_n: int, n: int, worke
         keyed = subject_loader(train, int(data.batch_size), train=True, seed=dm.seed, **kwargs)
         loaders["cached_aug"] = (keyed, lambda b: dm.finish_batch(b, train=True))
         # the same path with the exact trilinear resampler (data.aug_resampler=trilinear)
-        from gazimed_lab.data.augment import BatchAugment
-
-        exact_data = copy.deepcopy(cfg.data)
-        exact_data.aug_resampler = "trilinear"
-        exact = copy.copy(dm)
-        exact.augment = BatchAugment.from_config(exact_data, seed=dm.seed, support=dm.brain_box)
+        exact = with_resampler(dm, "trilinear")
         loaders["cached_aug_trilinear"] = (keyed, lambda b: exact.finish_batch(b, train=True))
         legacy = MonaiItemDataset(train, data, dm.seed)
         loaders["legacy_monai_aug"] = (DataLoader(
@@ -276,6 +271,17 @@ def _throughput(label: str, preset: str, grid: str, cohort_n: int, n: int, worke
         "float32_equivalent": int(np.prod(out["shape"])) * 4,
     }
     return out
+
+
+def with_resampler(dm: Any, resampler: str) -> Any:
+    """A shallow copy of a data module whose augmentation uses ``resampler`` (else the same)."""
+    from gazimed_lab.data.augment import BatchAugment
+
+    data = copy.deepcopy(dm.cfg.data)
+    data.aug_resampler = resampler
+    other = copy.copy(dm)
+    other.augment = BatchAugment.from_config(data, seed=dm.seed, support=dm.brain_box)
+    return other
 
 
 #: The loaders timed epoch for epoch in turn (:func:`_paired`); the first is the reference.

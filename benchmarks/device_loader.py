@@ -42,11 +42,12 @@ def _sync(device: Any) -> None:
 
 def _epochs(loader: Any, step: Any, device: Any, repeats: int) -> float:
     """Median samples/s over ``repeats`` epochs (after one untimed epoch)."""
+    from benchmarks.data import _drain
+
     rates = []
     for timed in [False] + [True] * max(1, repeats):
-        start, samples = time.perf_counter(), 0
-        for batch in loader:
-            samples += int(step(batch)["images"].shape[0])
+        start = time.perf_counter()
+        samples = _drain(loader, step)
         _sync(device)
         if timed:
             rates.append(samples / (time.perf_counter() - start))
@@ -66,8 +67,7 @@ def run_device_loader(device: Any, size: str, work_dir: Path, repeats: int = 3) 
     """Time the training loader into ``device`` (see the module docstring)."""
     import torch
 
-    from benchmarks.data import COHORT_SEED, _config
-    from gazimed_lab.data.augment import BatchAugment
+    from benchmarks.data import COHORT_SEED, _config, with_resampler
     from gazimed_lab.data.datamodule import MNIDataModule, subject_loader
     from gazimed_lab.data.synthetic import demo_cohort
 
@@ -90,10 +90,7 @@ def run_device_loader(device: Any, size: str, work_dir: Path, repeats: int = 3) 
                                "pin_memory": pin, "train_subjects": len(train),
                                "host": _epochs(loader, lambda b: b, device, repeats)}
         for resampler in ("two_pass", "trilinear"):
-            data = copy.deepcopy(cfg.data)
-            data.aug_resampler = resampler
-            alt = copy.copy(dm)
-            alt.augment = BatchAugment.from_config(data, seed=dm.seed, support=dm.brain_box)
+            alt = with_resampler(dm, resampler)
             augments[resampler] = alt.augment
             row[f"to_device_{resampler}"] = _epochs(loader, _to_device(device, alt), device,
                                                     repeats)

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms.utils import generate_spatial_bounding_box
 
 from gazimed_lab.config import RESAMPLERS
 
@@ -52,11 +53,9 @@ def mask_box(mask: np.ndarray) -> Box:
     if mask.ndim != 3 or not mask.any():
         raise ValueError(f"`mask` must be a 3D boolean array with a True voxel, got shape "
                          f"{mask.shape} with {int(mask.sum())} True")
-    ranges = []
-    for axis in range(3):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        ranges.append((int(hit[0]), int(hit[-1]) + 1))
-    return ranges[0], ranges[1], ranges[2]
+    start, stop = generate_spatial_bounding_box(mask[None])
+    (a, b, c), (x, y, z) = (int(v) for v in start), (int(v) for v in stop)
+    return (a, x), (b, y), (c, z)
 
 
 def resample_(images: torch.Tensor, moves: Sequence[tuple[int, np.ndarray]],
