@@ -251,10 +251,12 @@ class BatchAugment:
                              has_pet: bool) -> None:
         """Scale, shift and add noise to one (C, D, H, W) sample in place."""
         channels = x.shape[0]
-        if d.scale is not None:
-            x.mul_(torch.tensor(d.scale, dtype=x.dtype, device=x.device).view(channels, 1, 1, 1))
-        if d.shift is not None:
-            x.add_(torch.tensor(d.shift, dtype=x.dtype, device=x.device).view(channels, 1, 1, 1))
+        if d.scale is not None or d.shift is not None:
+            scales = d.scale or (1.0,) * channels
+            shifts = d.shift or (0.0,) * channels
+            for c in range(channels):  # x * scale + shift in one pass per channel
+                shift = torch.tensor(shifts[c], dtype=x.dtype, device=x.device)
+                torch.add(shift, x[c], alpha=scales[c], out=x[c])
         if d.noise_std is not None:
             x.add_(self._noise(x, epoch, d.noise_seed), alpha=d.noise_std)  # one pass
         if channels > 1 and not has_pet:
