@@ -126,3 +126,23 @@ def test_a_support_box_changes_nothing_but_the_work() -> None:
     assert (boxed[2] == 0).all() and float(whole[2].abs().max()) < 1e-6
     with pytest.raises(ValueError, match=r"`mask` must be a 3D boolean array with a True"):
         mask_box(np.zeros(SHAPE, dtype=bool))
+
+
+def test_border_padding_fills_every_voxel_in_two_passes_as_trilinear() -> None:
+    """With ``border`` padding nothing is outside the field of view: two passes write the
+    whole grid (the box the ``zeros`` padding allows would leave a third of it zero)."""
+    smooth = torch.as_tensor(_smooth(_centred()), dtype=torch.float32)
+    images = (1.5 + torch.stack([smooth, -smooth])).expand(2, -1, -1, -1, -1).contiguous()
+    affines = [_affine([0.0, 0.0, 0.0], [0.0, 6.0, 5.0], [1.0, 1.0, 1.0]),
+               _affine([0.1, -0.05, 0.08], [-3.0, 2.0, 4.0], [1.05, 0.96, 1.0])]
+    out = {}
+    for method in ("two_pass", "trilinear"):
+        out[method] = images.clone()
+        resample_(out[method], list(enumerate(affines)), method, "border")
+    assert float(out["two_pass"].min()) > 0.4  # no voxel left at zero (images >= 0.5)
+    assert float((out["two_pass"] - out["trilinear"]).abs().max()) < 0.02
+    # a whole-voxel shift: rows moved in from beyond the last one repeat the last one
+    height, width = SHAPE[1], SHAPE[2]
+    edge = images[0, :, :, height - 1:, 5:]
+    assert torch.allclose(out["two_pass"][0, :, :, height - 6:, :width - 5],
+                          edge.expand(-1, -1, 6, -1), atol=1e-5)

@@ -39,7 +39,8 @@ from monai.transforms.utils import generate_spatial_bounding_box
 
 from gazimed_lab.config import RESAMPLERS
 
-__all__ = ["RESAMPLERS", "Box", "mask_box", "resample_", "sampling_grid"]
+__all__ = ["RESAMPLERS", "Box", "box_index", "mask_box", "resample_", "sampling_grid",
+           "two_pass_applies", "two_pass_box"]
 
 #: ``(start, stop)`` voxel index range per spatial axis.
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -86,10 +87,7 @@ def resample_(images: torch.Tensor, moves: Sequence[tuple[int, np.ndarray]],
     if images.ndim != 5:
         raise ValueError(f"`images` must be (N, C, D, H, W), got {tuple(images.shape)}")
     shape = tuple(int(n) for n in images.shape[2:])
-    if support is None or padding_mode != "zeros":
-        support = ((0, shape[0]), (0, shape[1]), (0, shape[2]))
-    flat = [(b, a) for b, a in moves
-            if method == "trilinear" or abs(float(a[0, 0])) < _MIN_PIVOT]
+    flat = [(b, a) for b, a in moves if not two_pass_applies(method, a)]
     if flat:  # one 3D grid_sample over those items (torch spreads it over them)
         items = [b for b, _ in flat]
         grid = torch.cat([sampling_grid(a, shape, images.device) for _, a in flat])
@@ -98,20 +96,48 @@ def resample_(images: torch.Tensor, moves: Sequence[tuple[int, np.ndarray]],
                               align_corners=False)
         for j, b in enumerate(items):
             images[b].copy_(moved[j])
-    done = {b for b, _ in flat}
     for b, affine in moves:
-        if b in done:
+        if not two_pass_applies(method, affine):
             continue
-        box = _output_box(np.asarray(affine, dtype=np.float64), support, shape)
-        if box is None:
-            images[b].zero_()
-            continue
-        moved = _two_pass(images[b], affine, padding_mode, support[0], box)
+        result = two_pass_box(images[b], affine, padding_mode, support)
         # zero the whole item, then write the box: one contiguous fill is cheaper than the
         # six slabs around the box (whose edges along the last axis are short strided rows)
         images[b].zero_()
-        (o0, e0), (o1, e1), (o2, e2) = box
-        images[b, :, o0:e0, o1:e1, o2:e2].copy_(moved.permute(1, 2, 0, 3))
+        if result is not None:
+            box, values = result
+            images[b][box_index(box)].copy_(values)
+
+
+def two_pass_applies(method: str, affine: np.ndarray) -> bool:
+    """Whether :func:`resample_` resamples an item with ``affine`` in two passes."""
+    return method == "two_pass" and abs(float(affine[0, 0])) >= _MIN_PIVOT
+
+
+def box_index(box: Box) -> tuple[slice, ...]:
+    """Index of a box in a (C, D, H, W) volume: ``volume[box_index(box)]``."""
+    return (slice(None),) + tuple(slice(lo, hi) for lo, hi in box)
+
+
+def two_pass_box(volume: torch.Tensor, affine: np.ndarray, padding_mode: str = "zeros",
+                 support: Box | None = None) -> tuple[Box, torch.Tensor] | None:
+    """Resample one (C, D, H, W) volume in two passes; return only what can be nonzero.
+
+    Returns ``(box, values)``: the resampled volume is ``values`` (C, D', H', W', a
+    strided view) inside ``box`` and zero outside it; ``None`` when it is zero
+    everywhere. ``support`` as in :func:`resample_` (used with ``zeros`` padding only;
+    with ``border`` padding the box is the whole grid). The volume is left unchanged.
+    """
+    shape = tuple(int(n) for n in volume.shape[1:])
+    whole: Box = ((0, shape[0]), (0, shape[1]), (0, shape[2]))
+    if padding_mode != "zeros":  # border padding: every output voxel takes a value
+        support, box = whole, whole
+    else:
+        support = whole if support is None else support
+        box = _output_box(np.asarray(affine, dtype=np.float64), support, shape)
+        if box is None:
+            return None
+    moved = _two_pass(volume, affine, padding_mode, support[0], box)   # (H', C, D', W')
+    return box, moved.permute(1, 2, 0, 3)
 
 
 def sampling_grid(affine: np.ndarray, shape: tuple[int, ...],
