@@ -16,6 +16,7 @@ from monai.transforms import Affine, ScaleIntensity, ShiftIntensity
 
 from gazimed_lab.data.augment import BatchAugment
 from gazimed_lab.data.datamodule import MNIDataModule
+from gazimed_lab.data.resample import resample_, two_pass_box
 
 #: affine on (the cpu-demo preset turns it off), every transform firing
 AFFINE = ["data.aug_rotate_deg=8", "data.aug_scale=0.08", "data.aug_translate_vox=2",
@@ -131,6 +132,42 @@ def test_a_subjects_result_does_not_depend_on_its_batch() -> None:
     alone = aug(images[1:2].clone(), mask[1:2], [keys[1]], inplace=True)
     assert torch.equal(pair[0], whole[2]) and torch.equal(pair[1], whole[0])
     assert torch.equal(alone[0], whole[1])
+
+
+def test_two_pass_items_are_written_as_the_affine_then_intensity_then_noise() -> None:
+    """The two-pass affine's items take their intensity change and noise in the same write:
+    the values of resampling first and changing intensity and adding noise after, inside
+    the support box and outside it (where the fill is the shift plus the noise)."""
+    images = _volumes(8, seed=2)
+    support = ((3, 18), (4, 22), (2, 18))  # _volumes are zero outside it
+    mask = torch.ones(8, 2)
+    mask[[1, 6], 1] = 0.0  # without PET: PET channels zero afterwards, whatever they held
+    keys = [(3, i) for i in range(8)]
+    for prob, move in ((1.0, 2.0), (0.6, 2.0), (1.0, 30.0)):  # all, a mix, moved out
+        aug = BatchAugment(prob=prob, rotate_deg=8.0, scale=0.08, translate_vox=move,
+                           intensity=0.1, noise_std=0.05, support=support, seed=5)
+        out = aug(images, mask, keys)
+        draws = [aug.draw(e, i, channels=3) for e, i in keys]
+        ref = images.clone()
+        resample_(ref, [(b, d.affine) for b, d in enumerate(draws) if d.affine is not None],
+                  "two_pass", support=support)
+        for b, d in enumerate(draws):
+            for c in range(3):
+                ref[b, c] = ref[b, c] * (d.scale or (1.0,) * 3)[c] + (d.shift or (0.0,) * 3)[c]
+            if d.noise_std is not None:
+                ref[b] += d.noise_std * aug._noise(ref[b], 3, d.noise_seed)
+            if not mask[b, 1]:
+                ref[b, 1:] = 0.0
+        assert float((out - ref).abs().max()) < 1e-5, (prob, move)
+        if prob < 1.0:  # the mix holds moved and still items, with and without noise
+            kinds = {(d.affine is not None, d.noise_std is not None) for d in draws}
+            assert len(kinds) == 4, kinds
+            assert any(d.affine is not None and d.scale and d.shift is None
+                       and d.noise_std is None
+                       for d in draws)  # moved and scaled only: a zero fill
+        if move > 20:  # shifts beyond the support: boxes empty, fill is shift + noise
+            assert sum(two_pass_box(images[b], d.affine, support=support) is None
+                       for b, d in enumerate(draws) if d.affine is not None) >= 2
 
 
 class _Seen(pl.Callback):

@@ -26,9 +26,11 @@ new bank. Drawing ``n`` fresh normals per subject cost 8-11 ms at 2 mm on one CP
 as much as the whole random affine (README, Performance); the bank costs one draw of
 ``2 n`` per epoch. The same bank on every device: CPU and CUDA runs get the same noise.
 
-The items of a batch whose affine fires are resampled in place by
+The items of a batch whose affine fires are resampled by
 :func:`~gazimed_lab.data.resample.resample_` (``data.aug_resampler``: two 2D passes by
 default, or one trilinear 3D pass); intensity changes and noise run per item, in place.
+An item resampled in two passes is written once from the passes' output box, with its
+intensity change and noise folded into that write (:meth:`BatchAugment._write_moved`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import torch
 from monai.transforms.utils import create_rotate, create_scale, create_translate
 
 from gazimed_lab.config import RESAMPLERS, DataConfig
-from gazimed_lab.data.resample import Box, resample_
+from gazimed_lab.data.resample import Box, box_index, resample_, two_pass_applies, two_pass_box
 from gazimed_lab.data.sampling import derive_seed
 
 __all__ = ["PADDING_MODES", "BatchAugment", "SubjectDraw"]
@@ -240,10 +242,11 @@ class BatchAugment:
             return out
         has_pet = (modality_mask[:, 1] > 0.5).tolist()
         moving = [(b, d.affine) for b, d in enumerate(draws) if d.affine is not None]
-        if moving:
-            self._affine(out, moving)
+        boxes = self._affine(out, moving) if moving else {}
         for b, d in enumerate(draws):
-            if d.fired:
+            if b in boxes:
+                self._write_moved(out[b], d, int(keys[b][0]), bool(has_pet[b]), boxes[b])
+            elif d.fired:
                 self._intensity_and_noise(out[b], d, int(keys[b][0]), bool(has_pet[b]))
         return out
 
@@ -255,12 +258,41 @@ class BatchAugment:
             scales = d.scale or (1.0,) * channels
             shifts = d.shift or (0.0,) * channels
             for c in range(channels):  # x * scale + shift in one pass per channel
-                shift = torch.tensor(shifts[c], dtype=x.dtype, device=x.device)
-                torch.add(shift, x[c], alpha=scales[c], out=x[c])
+                torch.add(_scalar(shifts[c], x), x[c], alpha=scales[c], out=x[c])
         if d.noise_std is not None:
             x.add_(self._noise(x, epoch, d.noise_seed), alpha=d.noise_std)  # one pass
         if channels > 1 and not has_pet:
             x[1:].zero_()
+
+    def _write_moved(self, x: torch.Tensor, d: SubjectDraw, epoch: int, has_pet: bool,
+                     moved: tuple[Box, torch.Tensor] | None) -> None:
+        """Write one (C, D, H, W) sample from its two-pass affine output, scaled, shifted, noised.
+
+        ``moved`` is :func:`~gazimed_lab.data.resample.two_pass_box`'s ``(box, values)``
+        (zero outside the box; ``None``: zero everywhere). The same values as the affine
+        followed by :meth:`_intensity_and_noise`, in two passes per channel instead of
+        four: the fill outside the box is ``shift + std * noise``, the box adds
+        ``scale * values`` to it.
+        """
+        channels = x.shape[0]
+        scales = d.scale or (1.0,) * channels
+        shifts = d.shift or (0.0,) * channels
+        noise = self._noise(x, epoch, d.noise_seed) if d.noise_std is not None else None
+        kept = channels if has_pet or channels == 1 else 1
+        x[kept:].zero_()  # the PET channels of a subject without PET
+        for c in range(kept):
+            if noise is not None:
+                torch.add(_scalar(shifts[c], x), noise[c], alpha=d.noise_std, out=x[c])
+            else:
+                x[c].fill_(shifts[c])
+            if moved is None:
+                continue
+            box, values = moved
+            target = x[c][box_index(box)[1:]]
+            if noise is None and shifts[c] == 0.0:  # the fill was zeros: write, not add
+                torch.mul(values[c], scales[c], out=target)
+            else:
+                target.add_(values[c], alpha=scales[c])
 
     def noise_bank(self, epoch: int, numel: int, device: torch.device) -> torch.Tensor:
         """Return the epoch's bank: ``2 * numel`` standard normals, float32, on ``device``.
@@ -284,6 +316,21 @@ class BatchAugment:
         start = int(seed) % (n + 1)
         return self.noise_bank(epoch, n, x.device)[start:start + n].view(x.shape)
 
-    def _affine(self, out: torch.Tensor, moving: list[tuple[int, np.ndarray]]) -> None:
-        """Resample the items ``moving`` names, in place (``resampler``, ``padding_mode``)."""
-        resample_(out, moving, self.resampler, self.padding_mode, self.support)
+    def _affine(self, out: torch.Tensor, moving: list[tuple[int, np.ndarray]]
+                ) -> dict[int, tuple[Box, torch.Tensor] | None]:
+        """Resample the items ``moving`` names (``resampler``, ``padding_mode``).
+
+        Items resampled in one 3D pass are overwritten in place; for the items that
+        take two passes, returns :func:`~gazimed_lab.data.resample.two_pass_box`'s
+        result by item, for :meth:`_write_moved` (they are left unchanged here).
+        """
+        flat = [(b, a) for b, a in moving if not two_pass_applies(self.resampler, a)]
+        if flat:
+            resample_(out, flat, self.resampler, self.padding_mode, self.support)
+        return {b: two_pass_box(out[b], a, self.padding_mode, self.support)
+                for b, a in moving if two_pass_applies(self.resampler, a)}
+
+
+def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """Return ``value`` as a 0-d tensor of ``like``'s dtype and device (for ``torch.add``)."""
+    return torch.tensor(value, dtype=like.dtype, device=like.device)

@@ -115,7 +115,7 @@ def two_pass_applies(method: str, affine: np.ndarray) -> bool:
 
 def box_index(box: Box) -> tuple[slice, ...]:
     """Index of a box in a (C, D, H, W) volume: ``volume[box_index(box)]``."""
-    return (slice(None),) + tuple(slice(lo, hi) for lo, hi in box)
+    return (slice(None), *(slice(lo, hi) for lo, hi in box))
 
 
 def two_pass_box(volume: torch.Tensor, affine: np.ndarray, padding_mode: str = "zeros",
@@ -133,9 +133,10 @@ def two_pass_box(volume: torch.Tensor, affine: np.ndarray, padding_mode: str = "
         support, box = whole, whole
     else:
         support = whole if support is None else support
-        box = _output_box(np.asarray(affine, dtype=np.float64), support, shape)
-        if box is None:
+        found = _output_box(np.asarray(affine, dtype=np.float64), support, shape)
+        if found is None:
             return None
+        box = found
     moved = _two_pass(volume, affine, padding_mode, support[0], box)   # (H', C, D', W')
     return box, moved.permute(1, 2, 0, 3)
 
