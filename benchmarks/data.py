@@ -116,7 +116,17 @@ class RawDataset(Dataset):
 
 
 def _drain(loader: DataLoader, finish: Any = None) -> int:
-    """Iterate a loader once (each batch through ``finish`` when given); return the samples."""
+    """Iterate a loader once (each batch through ``finish`` when given); return the samples.
+
+    A keyed training sampler moves on to the next epoch first, as Lightning's
+    ``set_epoch`` does before every epoch: each pass draws new augmentation (and pays
+    for whatever is drawn once per epoch), not epoch 0's again.
+    """
+    from gazimed_lab.data.sampling import SubjectSampler
+
+    sampler = loader.sampler
+    if isinstance(sampler, SubjectSampler) and sampler.keyed:
+        sampler.set_epoch(int(sampler.epoch) + 1)
     count = 0
     for batch in loader:
         if finish is not None:

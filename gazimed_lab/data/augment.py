@@ -15,16 +15,18 @@ Every draw is a function of ``(seed, epoch, subject index)`` only
 own, so its result does not depend on the batch it lands in, on the number of
 processes (DDP), or on a resume from a checkpoint.
 
-The noise comes from a bank per epoch: ``2 n`` independent standard normals (``n``
-voxels in a sample) drawn on the CPU from ``(seed, epoch)`` and moved to the images'
-device; a subject's noise is the ``n`` consecutive values from an offset it draws
-uniformly in ``[0, n]``, times its drawn std. So within a subject the noise is
-i.i.d. Gaussian, as MONAI's ``RandGaussianNoise`` draws it; two subjects of one epoch
-get windows of the same values shifted against each other (voxel by voxel
-uncorrelated unless the offsets coincide, chance ``1 / (n + 1)``); every epoch draws a
-new bank. Drawing ``n`` fresh normals per subject cost 8-11 ms at 2 mm on one CPU core,
-as much as the whole random affine (README, Performance); the bank costs one draw of
-``2 n`` per epoch. The same bank on every device: CPU and CUDA runs get the same noise.
+The noise comes from one bank per run: ``2 n`` independent standard normals (``n``
+voxels in a sample) drawn on the CPU from the seed and moved to the images' device
+once; a subject's noise in an epoch is the ``n`` consecutive values from an offset it
+draws uniformly in ``[0, n]`` from ``(seed, epoch, subject)``, times its drawn std. So
+within a subject the noise is i.i.d. Gaussian, as MONAI's ``RandGaussianNoise`` draws
+it; any two draws (two subjects, or one subject in two epochs) get windows of the same
+values shifted against each other: at each voxel the two values are independent
+unless the offsets coincide (chance ``1 / (n + 1)``). Drawing ``n`` fresh normals per
+subject cost 8-11 ms at 2 mm on one CPU core, as much as the whole random affine
+(README, Performance); a bank per epoch cost 27 ms each epoch (0.8 ms per sample over a
+34-subject epoch); the bank per run costs that once. The same bank on every device:
+CPU and CUDA runs get the same noise.
 
 The items of a batch whose affine fires are resampled by
 :func:`~gazimed_lab.data.resample.resample_` (``data.aug_resampler``: two 2D passes by
@@ -53,7 +55,7 @@ __all__ = ["PADDING_MODES", "BatchAugment", "SubjectDraw"]
 #: How the affine fills voxels moved in from outside the field of view.
 PADDING_MODES: tuple[str, ...] = ("zeros", "border")
 _DATA = DataConfig()  # defaults are the config's ``aug_*`` (typed once)
-_NOISE_STREAM = 0x6E6F697365  # derive_seed(seed, epoch, this): the epoch's noise bank
+_NOISE_STREAM = 0x6E6F697365  # derive_seed(seed, this): the run's noise bank
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class SubjectDraw:
     noise_std
         Standard deviation of the added Gaussian noise.
     noise_seed
-        Where the subject's noise window starts in the epoch's bank (``noise_seed
+        Where the subject's noise window starts in the run's bank (``noise_seed
         % (n + 1)`` for samples of ``n`` voxels; drawn always, used when noise fires).
     """
 
@@ -245,13 +247,12 @@ class BatchAugment:
         boxes = self._affine(out, moving) if moving else {}
         for b, d in enumerate(draws):
             if b in boxes:
-                self._write_moved(out[b], d, int(keys[b][0]), bool(has_pet[b]), boxes[b])
+                self._write_moved(out[b], d, bool(has_pet[b]), boxes[b])
             elif d.fired:
-                self._intensity_and_noise(out[b], d, int(keys[b][0]), bool(has_pet[b]))
+                self._intensity_and_noise(out[b], d, bool(has_pet[b]))
         return out
 
-    def _intensity_and_noise(self, x: torch.Tensor, d: SubjectDraw, epoch: int,
-                             has_pet: bool) -> None:
+    def _intensity_and_noise(self, x: torch.Tensor, d: SubjectDraw, has_pet: bool) -> None:
         """Scale, shift and add noise to one (C, D, H, W) sample in place."""
         channels = x.shape[0]
         if d.scale is not None or d.shift is not None:
@@ -260,11 +261,11 @@ class BatchAugment:
             for c in range(channels):  # x * scale + shift in one pass per channel
                 torch.add(_scalar(shifts[c], x), x[c], alpha=scales[c], out=x[c])
         if d.noise_std is not None:
-            x.add_(self._noise(x, epoch, d.noise_seed), alpha=d.noise_std)  # one pass
+            x.add_(self._noise(x, d.noise_seed), alpha=d.noise_std)  # one pass
         if channels > 1 and not has_pet:
             x[1:].zero_()
 
-    def _write_moved(self, x: torch.Tensor, d: SubjectDraw, epoch: int, has_pet: bool,
+    def _write_moved(self, x: torch.Tensor, d: SubjectDraw, has_pet: bool,
                      moved: tuple[Box, torch.Tensor] | None) -> None:
         """Write one (C, D, H, W) sample from its two-pass affine output, scaled, shifted, noised.
 
@@ -277,7 +278,7 @@ class BatchAugment:
         channels = x.shape[0]
         scales = d.scale or (1.0,) * channels
         shifts = d.shift or (0.0,) * channels
-        noise = self._noise(x, epoch, d.noise_seed) if d.noise_std is not None else None
+        noise = self._noise(x, d.noise_seed) if d.noise_std is not None else None
         kept = channels if has_pet or channels == 1 else 1
         x[kept:].zero_()  # the PET channels of a subject without PET
         for c in range(kept):
@@ -294,27 +295,27 @@ class BatchAugment:
             else:
                 target.add_(values[c], alpha=scales[c])
 
-    def noise_bank(self, epoch: int, numel: int, device: torch.device) -> torch.Tensor:
-        """Return the epoch's bank: ``2 * numel`` standard normals, float32, on ``device``.
+    def noise_bank(self, numel: int, device: torch.device) -> torch.Tensor:
+        """Return the run's bank: ``2 * numel`` standard normals, float32, on ``device``.
 
-        Drawn on the CPU from ``(seed, epoch)`` (the same values on every device) and
-        kept until another epoch asks for one.
+        Drawn on the CPU from the seed (the same values on every device and in every
+        epoch) and kept; a bank for another sample size replaces it.
         """
-        key = ("bank", int(epoch), int(numel), str(device))
+        key = ("bank", int(numel), str(device))
         bank = self._scratch.get(key)
         if bank is None:
             for old in [k for k in self._scratch if k[0] == "bank"]:
                 del self._scratch[old]
-            generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, _NOISE_STREAM))
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, _NOISE_STREAM))
             bank = torch.randn(2 * numel, generator=generator, dtype=torch.float32)
             bank = self._scratch[key] = bank.to(device)
         return bank
 
-    def _noise(self, x: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+    def _noise(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         """Return standard normals shaped like ``x``: the bank window ``seed`` picks."""
         n = x.numel()
         start = int(seed) % (n + 1)
-        return self.noise_bank(epoch, n, x.device)[start:start + n].view(x.shape)
+        return self.noise_bank(n, x.device)[start:start + n].view(x.shape)
 
     def _affine(self, out: torch.Tensor, moving: list[tuple[int, np.ndarray]]
                 ) -> dict[int, tuple[Box, torch.Tensor] | None]:
