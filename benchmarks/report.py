@@ -147,17 +147,17 @@ def render(results: dict[str, Any], markdown: bool = False) -> str:
             rows = []
             for t in paired:
                 p, rate = t["paired"], t["paired"]["samples_per_s"]
-                two, tri = p["cached_aug_ratio"], p["cached_aug_trilinear_ratio"]
+                tri, two = p["cached_aug_ratio"], p["cached_aug_two_pass_ratio"]
                 rows.append([t["grid"], t["num_workers"], p["rounds"], rate["cached_model"],
-                             rate["cached_aug"], rate["cached_aug_trilinear"],
-                             f"{two['median']} ({two['min']}-{two['max']})",
-                             f"{tri['median']} ({tri['min']}-{tri['max']})"])
-            lines += _table(["grid", "workers", "rounds", "cached f32", "aug (two_pass)",
-                             "aug (trilinear)", "aug/f32", "trilinear aug/f32"], rows, markdown)
+                             rate["cached_aug"], rate["cached_aug_two_pass"],
+                             f"{tri['median']} ({tri['min']}-{tri['max']})",
+                             f"{two['median']} ({two['min']}-{two['max']})"])
+            lines += _table(["grid", "workers", "rounds", "cached f32", "aug (default)",
+                             "aug (two_pass)", "aug/f32", "two_pass aug/f32"], rows, markdown)
         costs = [(t["grid"], t["augment_costs"]) for t in data["throughput"]
                  if t.get("augment_costs")]
         if costs:
-            kinds = ["affine", "affine_whole_grid", "affine_trilinear", "intensity", "noise"]
+            kinds = ["affine", "affine_whole_grid", "affine_two_pass", "intensity", "noise"]
             lines += ["", "Augmentation alone, ms per sample (CPU, every subject transformed):"]
             lines += _table(["grid", *kinds], [[g, *[c.get(f"{k}_ms_per_sample") for k in kinds]]
                                                for g, c in costs], markdown)

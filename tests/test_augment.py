@@ -3,6 +3,7 @@ batch independence, on the device after the transfer, training only."""
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from conftest import SMALL, cohort_config
 from monai.transforms import Affine, ScaleIntensity, ShiftIntensity
 
+from gazimed_lab.config import RESAMPLERS
 from gazimed_lab.data.augment import BatchAugment
 from gazimed_lab.data.datamodule import MNIDataModule
 from gazimed_lab.data.resample import resample_, two_pass_box
@@ -142,10 +144,13 @@ def test_a_subjects_result_does_not_depend_on_its_batch() -> None:
     assert torch.equal(alone[0], whole[1])
 
 
-def test_two_pass_items_are_written_as_the_affine_then_intensity_then_noise() -> None:
-    """The two-pass affine's items take their intensity change and noise in the same write:
-    the values of resampling first and changing intensity and adding noise after, inside
-    the support box and outside it (where the fill is the shift plus the noise)."""
+@pytest.mark.parametrize("resampler", RESAMPLERS)
+def test_items_resampled_apart_are_written_as_the_affine_then_intensity_then_noise(
+        resampler: str) -> None:
+    """Items resampled apart (two passes, or the CPU trilinear kernel) take their intensity
+    change and noise in the same write: the values of resampling first and changing
+    intensity and adding noise after, inside the support box and outside it (where the
+    fill is the shift plus the noise)."""
     images = _volumes(8, seed=2)
     support = ((3, 18), (4, 22), (2, 18))  # _volumes are zero outside it
     mask = torch.ones(8, 2)
@@ -153,12 +158,13 @@ def test_two_pass_items_are_written_as_the_affine_then_intensity_then_noise() ->
     keys = [(3, i) for i in range(8)]
     for prob, move in ((1.0, 2.0), (0.6, 2.0), (1.0, 30.0)):  # all, a mix, moved out
         aug = BatchAugment(prob=prob, rotate_deg=8.0, scale=0.08, translate_vox=move,
-                           intensity=0.1, noise_std=0.05, support=support, seed=5)
+                           intensity=0.1, noise_std=0.05, support=support, seed=5,
+                           resampler=resampler)
         out = aug(images, mask, keys)
         draws = [aug.draw(e, i, channels=3) for e, i in keys]
         ref = images.clone()
         resample_(ref, [(b, d.affine) for b, d in enumerate(draws) if d.affine is not None],
-                  "two_pass", support=support)
+                  resampler, support=support)
         for b, d in enumerate(draws):
             for c in range(3):
                 ref[b, c] = ref[b, c] * (d.scale or (1.0,) * 3)[c] + (d.shift or (0.0,) * 3)[c]
@@ -173,7 +179,7 @@ def test_two_pass_items_are_written_as_the_affine_then_intensity_then_noise() ->
             assert any(d.affine is not None and d.scale and d.shift is None
                        and d.noise_std is None
                        for d in draws)  # moved and scaled only: a zero fill
-        if move > 20:  # shifts beyond the support: boxes empty, fill is shift + noise
+        if move > 20 and resampler == "two_pass":  # beyond the support: boxes empty
             assert sum(two_pass_box(images[b], d.affine, support=support) is None
                        for b, d in enumerate(draws) if d.affine is not None) >= 2
 
@@ -258,23 +264,27 @@ def test_loaders_outside_a_trainer_serve_float32_augmented_alike(tiny_cohort: Pa
                        torch.stack([dm.train_dataset[i]["images"] for i in index]))
 
 
-def test_normalized_volumes_are_zero_outside_the_box_the_affine_works_in(tiny_cohort: Path,
-                                                                       tmp_path: Path) -> None:
-    """The datamodule's affine skips what lies outside the brain mask's bounding box: every
-    cached volume is zero there, and the result equals the whole-grid resampling."""
+def test_normalized_volumes_are_zero_outside_the_mask_the_affine_works_in(tiny_cohort: Path,
+                                                                        tmp_path: Path) -> None:
+    """The datamodule's affine skips what lies outside the brain mask (its bounding box for
+    the two passes, its rows for the CPU trilinear kernel): every cached volume is zero
+    there, and with either resampler the result equals the whole-grid resampling."""
     cfg = cohort_config(tiny_cohort, tmp_path, *AFFINE, "data.channels=3", "data.batch_size=4")
     dm = MNIDataModule(cfg)
     dm.setup("fit")
     train = dm.train_dataset
-    box = dm.brain_box
-    assert dm.augment is not None and dm.augment.support == box
-    inside = torch.zeros(dm.img_size, dtype=torch.bool)
-    inside[tuple(slice(lo, hi) for lo, hi in box)] = True
-    assert 0.2 < float(inside.float().mean()) < 0.9  # a real crop of this grid
+    support = dm.brain_support
+    assert support is not None and dm.augment is not None and dm.augment.support is support
+    inside = torch.as_tensor(support.mask)
+    assert 0.2 < float(inside.float().mean()) < 0.9  # a real part of this grid
     images = torch.stack([train[i]["images"] for i in range(len(train))]).float()
     assert (images[..., ~inside] == 0).all() and (images[..., inside] != 0).any()
     keys = [(0, i) for i in range(len(train))]
     mask = torch.ones(len(train), 2)
-    whole = BatchAugment.from_config(cfg.data, seed=dm.seed)  # no support: the whole grid
-    diff = dm.augment(images, mask, keys) - whole(images, mask, keys)
-    assert float(diff.abs().max()) < 1e-4  # float32 rounding of the grid coordinates
+    for resampler in RESAMPLERS:
+        data = copy.deepcopy(cfg.data)
+        data.aug_resampler = resampler
+        cut = BatchAugment.from_config(data, seed=dm.seed, support=support)
+        whole = BatchAugment.from_config(data, seed=dm.seed)  # no support: the whole grid
+        diff = cut(images, mask, keys) - whole(images, mask, keys)
+        assert float(diff.abs().max()) < 1e-4, resampler  # float32 rounding of the grid

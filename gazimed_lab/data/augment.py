@@ -29,10 +29,11 @@ subject cost 8-11 ms at 2 mm on one CPU core, as much as the whole random affine
 CPU and CUDA runs get the same noise.
 
 The items of a batch whose affine fires are resampled by
-:func:`~gazimed_lab.data.resample.resample_` (``data.aug_resampler``: two 2D passes by
-default, or one trilinear 3D pass); intensity changes and noise run per item, in place.
-An item resampled in two passes is written once from the passes' output box, with its
-intensity change and noise folded into that write (:meth:`BatchAugment._write_moved`).
+:mod:`gazimed_lab.data.resample` (``data.aug_resampler``: exact trilinear by default, a
+compiled kernel on CPU and one 3D ``grid_sample`` on CUDA; or two 2D passes); intensity
+changes and noise run per item, in place. An item resampled apart from the batch (by the
+CPU kernel or in two passes) is written once from that output, with its intensity change
+and noise folded into the write (:meth:`BatchAugment._write_moved`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,15 @@ import torch
 from monai.transforms.utils import create_rotate, create_scale, create_translate
 
 from gazimed_lab.config import RESAMPLERS, DataConfig
-from gazimed_lab.data.resample import Box, box_index, resample_, two_pass_applies, two_pass_box
+from gazimed_lab.data.resample import (
+    Box,
+    Support,
+    box_index,
+    resample_,
+    resampled_apart,
+    resamples_apart,
+    two_pass_applies,
+)
 from gazimed_lab.data.sampling import derive_seed
 
 __all__ = ["PADDING_MODES", "BatchAugment", "SubjectDraw"]
@@ -128,8 +137,9 @@ class BatchAugment:
         How the affine resamples (:data:`~gazimed_lab.config.RESAMPLERS`; see
         :mod:`gazimed_lab.data.resample`).
     support
-        A box outside which every image is zero (the brain mask's bounding box: the
-        datamodule passes it); the affine then works inside it. ``None``: the whole grid.
+        A :class:`~gazimed_lab.data.resample.Support` (the grid's brain mask: the
+        datamodule passes it) or a box outside which every image is zero; the affine then
+        computes only what can be nonzero. ``None``: the whole grid.
     seed
         The run's seed (``system.seed``).
     """
@@ -144,7 +154,7 @@ class BatchAugment:
         noise_std: float = _DATA.aug_noise_std,
         padding_mode: str = "zeros",
         resampler: str = _DATA.aug_resampler,
-        support: Box | None = None,
+        support: Box | Support | None = None,
         seed: int = 0,
     ) -> None:
         if not 0.0 <= prob <= 1.0:
@@ -174,7 +184,8 @@ class BatchAugment:
         self._scratch: dict[tuple[Any, ...], torch.Tensor] = {}
 
     @classmethod
-    def from_config(cls, data: Any, seed: int = 0, support: Box | None = None) -> BatchAugment:
+    def from_config(cls, data: Any, seed: int = 0,
+                    support: Box | Support | None = None) -> BatchAugment:
         """Build from a config's ``data`` section (``aug_*`` fields)."""
         return cls(prob=float(data.aug_prob), rotate_deg=float(data.aug_rotate_deg),
                    scale=float(data.aug_scale), translate_vox=float(data.aug_translate_vox),
@@ -269,7 +280,7 @@ class BatchAugment:
                      moved: tuple[Box, torch.Tensor] | None) -> None:
         """Write one (C, D, H, W) sample from its two-pass affine output, scaled, shifted, noised.
 
-        ``moved`` is :func:`~gazimed_lab.data.resample.two_pass_box`'s ``(box, values)``
+        ``moved`` is :func:`~gazimed_lab.data.resample.resampled_apart`'s ``(box, values)``
         (zero outside the box; ``None``: zero everywhere). The same values as the affine
         followed by :meth:`_intensity_and_noise`, in two passes per channel instead of
         four: the fill outside the box is ``shift + std * noise``, the box adds
@@ -321,15 +332,32 @@ class BatchAugment:
                 ) -> dict[int, tuple[Box, torch.Tensor] | None]:
         """Resample the items ``moving`` names (``resampler``, ``padding_mode``).
 
-        Items resampled in one 3D pass are overwritten in place; for the items that
-        take two passes, returns :func:`~gazimed_lab.data.resample.two_pass_box`'s
-        result by item, for :meth:`_write_moved` (they are left unchanged here).
+        Items resampled together by one 3D ``grid_sample`` are overwritten in place; for
+        the items resampled apart (two passes, or the CPU trilinear kernel), returns
+        :func:`~gazimed_lab.data.resample.resampled_apart`'s result by item, for
+        :meth:`_write_moved` (they are left unchanged here).
         """
-        flat = [(b, a) for b, a in moving if not two_pass_applies(self.resampler, a)]
+        args = (self.resampler, self.padding_mode)
+        apart = {b: resamples_apart(self.resampler, a, out.device, self.padding_mode)
+                 for b, a in moving}
+        flat = [(b, a) for b, a in moving if not apart[b]]
         if flat:
-            resample_(out, flat, self.resampler, self.padding_mode, self.support)
-        return {b: two_pass_box(out[b], a, self.padding_mode, self.support)
-                for b, a in moving if two_pass_applies(self.resampler, a)}
+            resample_(out, flat, *args, support=self.support)
+        return {b: resampled_apart(out[b], a, *args, support=self.support,
+                                   out=None if two_pass_applies(self.resampler, a)
+                                   else self._buffer(("moved", b), out[b]))
+                for b, a in moving if apart[b]}
+
+    def _buffer(self, key: tuple[Any, ...], like: torch.Tensor) -> torch.Tensor:
+        """Return a float32 buffer shaped like ``like``, kept between batches (no fresh pages)."""
+        full = (*key, tuple(like.shape), str(like.device))
+        buffer = self._scratch.get(full)
+        if buffer is None:
+            for old in [k for k in self._scratch if k[:len(key)] == key]:
+                del self._scratch[old]
+            buffer = self._scratch[full] = torch.empty(like.shape, dtype=torch.float32,
+                                                       device=like.device)
+        return buffer
 
 
 def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,7 @@ from gazimed_lab.data.clinical import ClinicalStats, align_feature_columns
 from gazimed_lab.data.grid import Grid, grid_from_config
 from gazimed_lab.data.manifest import RESERVED_COLUMNS, Cohort, read_manifest
 from gazimed_lab.data.normalize import brain_mask
-from gazimed_lab.data.resample import Box, mask_box
+from gazimed_lab.data.resample import Support
 from gazimed_lab.data.sampling import SubjectSampler
 from gazimed_lab.data.sessions import has_sessions
 from gazimed_lab.data.spec import InputSpec
@@ -186,14 +186,15 @@ class MNIDataModule(pl.LightningDataModule):
         self._checked_for_training = False
         self._image_records: dict[str, list[dict[str, str]]] = {}
         self._warned_flagged = False
-        #: Bounding box of the grid's brain mask: every normalized volume is 0 outside it
-        #: (``gazimed_lab.data.normalize``), so the random affine works inside it (None: a
-        #: grid without brain voxels; normalization refuses it later, with its own message).
+        #: The grid's brain mask as a support: every normalized volume is 0 outside it
+        #: (``gazimed_lab.data.normalize``), so the random affine computes only what can be
+        #: nonzero (None: a grid without brain voxels; normalization refuses it later, with
+        #: its own message).
         mask = brain_mask(self.grid)
-        self.brain_box: Box | None = mask_box(mask) if mask.any() else None
+        self.brain_support: Support | None = Support(mask) if mask.any() else None
         #: Training augmentation (``data.augment``), applied to whole batches.
         self.augment: BatchAugment | None = (
-            BatchAugment.from_config(data, seed=self.seed, support=self.brain_box)
+            BatchAugment.from_config(data, seed=self.seed, support=self.brain_support)
             if bool(data.augment) else None)
 
     # ------------------------------------------------------------------ tables

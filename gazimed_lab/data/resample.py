@@ -4,14 +4,18 @@ Both resamplers take an affine in MONAI's convention: output voxel ``p`` (coordi
 centred on the volume, array axis order) samples the input at ``affine @ p``, with
 ``grid_sample``'s ``align_corners=False`` and a padding mode (what ``Resample`` does).
 
-- ``trilinear``: one 3D ``grid_sample`` (eight taps per voxel). On CUDA one fused kernel;
-  on CPU torch's 3D kernel is scalar and runs one thread per item.
-- ``two_pass`` (the default): the same coordinates, factored into an in-plane bilinear
+- ``trilinear``: exact trilinear interpolation (eight taps per voxel), MONAI's ``Resample``.
+  On CUDA one 3D ``grid_sample`` (a fused kernel). On CPU, with ``zeros`` padding, the
+  compiled kernel of :mod:`gazimed_lab.data.trilinear_cpu` (the same values to float32
+  rounding; torch's 3D CPU kernel is scalar and runs one thread per item); with ``border``
+  padding the 3D ``grid_sample``.
+- ``two_pass``: the same coordinates, factored into an in-plane bilinear
   pass on each input slice along the first axis, then a linear pass along that axis:
   ``out(p) = J(s0(p), p1, p2)`` with ``J(k, p1, p2) = I(k, s1, s2)``, where ``(s1, s2)`` is
   where ``p`` lands in-plane when its first coordinate lands on slice ``k``. Both passes
   are 2D ``grid_sample`` calls, whose CPU kernel is vectorized and spread over threads:
-  about 3x the 3D kernel at 2 mm on one CPU core (README, Performance). Every output voxel
+  about 3x torch's 3D kernel at 2 mm on one CPU core, about half the speed of the
+  compiled trilinear kernel there (README, Performance). Every output voxel
   samples the exact affine position; only the interpolation weights differ from trilinear:
   the two in-plane samples are taken where the line through ``p`` crosses slices ``k`` and
   ``k + 1`` instead of straight above each other (the shear-warp factorization). On smooth
@@ -20,17 +24,20 @@ centred on the volume, array axis order) samples the input at ``affine @ p``, wi
   5 degrees, zooms up to 5 %, shifts up to 2 voxels) the two differ by at most 1.7 % of a
   channel's range, under 0.6 % in 99.9 % of voxels (RMS: 0.4 % of the in-brain SD). It
   needs ``|affine[0, 0]| >= 0.5`` (rotations of up to 60 degrees off the first axis); an
-  item beyond falls back to ``trilinear``.
+  item beyond falls back to ``trilinear``. It was the default before the compiled kernel.
 
-Given a ``support`` box outside which every item is zero (the normalized volumes are 0
-outside the grid's brain mask: the datamodule passes that mask's bounding box, about 57 %
-of the 2 mm grid), the two passes compute only the slices and the output box that can be
-nonzero and fill the rest with zeros: the same values (``zeros`` padding only).
+Given a ``support`` outside which every item is zero (the normalized volumes are 0 outside
+the grid's brain mask: the datamodule passes that mask as a :class:`Support`), the two
+passes compute only the slices and the output box that can be nonzero (the mask's bounding
+box is about 57 % of the 2 mm grid), and the CPU trilinear kernel only the voxels of each
+output row whose taps can reach the mask (about a third of the grid); both fill the rest
+with zeros: the same values (``zeros`` padding only). A bare :data:`Box` is a support too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,9 +45,11 @@ import torch.nn.functional as F
 from monai.transforms.utils import generate_spatial_bounding_box
 
 from gazimed_lab.config import RESAMPLERS
+from gazimed_lab.data.trilinear_cpu import row_extents, trilinear_numpy
 
-__all__ = ["RESAMPLERS", "Box", "box_index", "mask_box", "resample_", "sampling_grid",
-           "two_pass_applies", "two_pass_box"]
+__all__ = ["RESAMPLERS", "Box", "Support", "box_index", "mask_box", "resample_",
+           "resampled_apart", "resamples_apart", "sampling_grid", "two_pass_applies",
+           "two_pass_box"]
 
 #: ``(start, stop)`` voxel index range per spatial axis.
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -59,9 +68,52 @@ def mask_box(mask: np.ndarray) -> Box:
     return (a, x), (b, y), (c, z)
 
 
+@dataclass(frozen=True, eq=False)
+class Support:
+    """Where every volume of a batch may be nonzero: a 3D boolean mask, and what follows from it.
+
+    Attributes
+    ----------
+    mask
+        (D, H, W) boolean: the grid's brain mask (normalized volumes are 0 outside it).
+    box
+        Its bounding box (:func:`mask_box`), for the two passes.
+    extents
+        Its first and last voxel along the last axis in each row
+        (:func:`~gazimed_lab.data.trilinear_cpu.row_extents`), for the CPU trilinear kernel.
+    """
+
+    mask: np.ndarray
+    box: Box = field(init=False)
+    extents: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        mask = np.array(self.mask, dtype=bool)  # a private, read-only copy
+        mask.flags.writeable = False
+        object.__setattr__(self, "mask", mask)
+        object.__setattr__(self, "box", mask_box(mask))
+        object.__setattr__(self, "extents", row_extents(mask))
+
+    @classmethod
+    def of(cls, support: Box | Support | None, shape: tuple[int, ...]) -> Support:
+        """Return a :class:`Support` on a ``shape`` grid from a box, a support or ``None`` (all)."""
+        if isinstance(support, Support):
+            if support.mask.shape != tuple(shape):
+                raise ValueError(f"`support` must be a mask of the images' grid {tuple(shape)}, "
+                                 f"got {support.mask.shape}")
+            return support
+        mask = np.zeros(shape, dtype=bool)
+        mask[tuple(slice(lo, hi) for lo, hi in (support or [(0, n) for n in shape]))] = True
+        return cls(mask)
+
+
+def _box(support: Box | Support | None) -> Box | None:
+    return support.box if isinstance(support, Support) else support
+
+
 def resample_(images: torch.Tensor, moves: Sequence[tuple[int, np.ndarray]],
               method: str = "two_pass", padding_mode: str = "zeros",
-              support: Box | None = None) -> None:
+              support: Box | Support | None = None) -> None:
     """Resample items of ``images`` (N, C, D, H, W) float32 in place, each with its affine.
 
     Parameters
@@ -76,9 +128,9 @@ def resample_(images: torch.Tensor, moves: Sequence[tuple[int, np.ndarray]],
     padding_mode
         ``grid_sample``'s ``zeros`` or ``border``.
     support
-        A box outside which every item of ``images`` is zero (:func:`mask_box` of the
-        brain mask): ``two_pass`` with ``zeros`` padding then works inside it only,
-        with the same result. Wrong if the images are not zero outside it.
+        A :class:`Support` (or a box) outside which every item of ``images`` is zero:
+        with ``zeros`` padding the work is cut to what can be nonzero, with the same
+        result. Wrong if the images are not zero outside it.
 
     Item ``n``'s result depends on ``images[n]`` and its affine only.
     """
@@ -87,7 +139,8 @@ def resample_(images: torch.Tensor, moves: Sequence[tuple[int, np.ndarray]],
     if images.ndim != 5:
         raise ValueError(f"`images` must be (N, C, D, H, W), got {tuple(images.shape)}")
     shape = tuple(int(n) for n in images.shape[2:])
-    flat = [(b, a) for b, a in moves if not two_pass_applies(method, a)]
+    flat = [(b, a) for b, a in moves
+            if not resamples_apart(method, a, images.device, padding_mode)]
     if flat:  # one 3D grid_sample over those items (torch spreads it over them)
         items = [b for b, _ in flat]
         grid = torch.cat([sampling_grid(a, shape, images.device) for _, a in flat])
@@ -97,9 +150,9 @@ def resample_(images: torch.Tensor, moves: Sequence[tuple[int, np.ndarray]],
         for j, b in enumerate(items):
             images[b].copy_(moved[j])
     for b, affine in moves:
-        if not two_pass_applies(method, affine):
+        if not resamples_apart(method, affine, images.device, padding_mode):
             continue
-        result = two_pass_box(images[b], affine, padding_mode, support)
+        result = resampled_apart(images[b], affine, method, padding_mode, support)
         # zero the whole item, then write the box: one contiguous fill is cheaper than the
         # six slabs around the box (whose edges along the last axis are short strided rows)
         images[b].zero_()
@@ -113,13 +166,50 @@ def two_pass_applies(method: str, affine: np.ndarray) -> bool:
     return method == "two_pass" and abs(float(affine[0, 0])) >= _MIN_PIVOT
 
 
+def resamples_apart(method: str, affine: np.ndarray, device: torch.device,
+                    padding_mode: str) -> bool:
+    """Whether an item is resampled on its own into a new output (:func:`resampled_apart`).
+
+    True for the two passes and for the CPU trilinear kernel (``trilinear``, and the
+    items the two passes leave to it); False for the items that one 3D ``grid_sample``
+    resamples together.
+    """
+    if two_pass_applies(method, affine):
+        return True
+    return torch.device(device).type == "cpu" and padding_mode == "zeros"
+
+
+def resampled_apart(volume: torch.Tensor, affine: np.ndarray, method: str,
+                    padding_mode: str = "zeros", support: Box | Support | None = None,
+                    out: torch.Tensor | None = None) -> tuple[Box, torch.Tensor] | None:
+    """Resample one (C, D, H, W) volume on its own; return ``(box, values)`` or ``None``.
+
+    As :func:`two_pass_box` (zero outside ``box``; ``None``: zero everywhere), for an item
+    :func:`resamples_apart` accepts. The volume is left unchanged. ``out``: a contiguous
+    float32 buffer of the volume's shape that the CPU trilinear kernel writes into (and
+    returns) instead of a new tensor; the two passes ignore it.
+    """
+    if two_pass_applies(method, affine):
+        return two_pass_box(volume, affine, padding_mode, support)
+    if not resamples_apart(method, affine, volume.device, padding_mode):
+        raise ValueError(f"`volume` must be on the CPU with zeros padding for the trilinear "
+                         f"kernel, got {volume.device} and {padding_mode!r}; use resample_")
+    shape = tuple(int(n) for n in volume.shape[1:])
+    source = volume.detach().contiguous().numpy()
+    result = torch.from_numpy(np.empty_like(source)) if out is None else out
+    trilinear_numpy(source, result.numpy(), affine, Support.of(support, shape).extents,
+                    torch.get_num_threads())
+    whole: Box = ((0, shape[0]), (0, shape[1]), (0, shape[2]))
+    return whole, result
+
+
 def box_index(box: Box) -> tuple[slice, ...]:
     """Index of a box in a (C, D, H, W) volume: ``volume[box_index(box)]``."""
     return (slice(None), *(slice(lo, hi) for lo, hi in box))
 
 
 def two_pass_box(volume: torch.Tensor, affine: np.ndarray, padding_mode: str = "zeros",
-                 support: Box | None = None) -> tuple[Box, torch.Tensor] | None:
+                 support: Box | Support | None = None) -> tuple[Box, torch.Tensor] | None:
     """Resample one (C, D, H, W) volume in two passes; return only what can be nonzero.
 
     Returns ``(box, values)``: the resampled volume is ``values`` (C, D', H', W', a
@@ -130,14 +220,14 @@ def two_pass_box(volume: torch.Tensor, affine: np.ndarray, padding_mode: str = "
     shape = tuple(int(n) for n in volume.shape[1:])
     whole: Box = ((0, shape[0]), (0, shape[1]), (0, shape[2]))
     if padding_mode != "zeros":  # border padding: every output voxel takes a value
-        support, box = whole, whole
+        bounds, box = whole, whole
     else:
-        support = whole if support is None else support
-        found = _output_box(np.asarray(affine, dtype=np.float64), support, shape)
+        bounds = _box(support) or whole
+        found = _output_box(np.asarray(affine, dtype=np.float64), bounds, shape)
         if found is None:
             return None
         box = found
-    moved = _two_pass(volume, affine, padding_mode, support[0], box)   # (H', C, D', W')
+    moved = _two_pass(volume, affine, padding_mode, bounds[0], box)   # (H', C, D', W')
     return box, moved.permute(1, 2, 0, 3)
 
 
