@@ -78,6 +78,17 @@ def test_voxels_left_out_by_the_support_are_those_it_cannot_reach() -> None:
     assert (full == 0).mean() > 0.7
 
 
+def test_a_nan_spreads_to_the_voxels_whose_taps_reach_it_as_in_grid_sample() -> None:
+    """No fast-math assumption drops a NaN: the same voxels turn NaN as in ``grid_sample``."""
+    mask = _blob_mask()
+    volume = torch.rand(2, *SHAPE) * torch.as_tensor(mask)
+    volume[1, 9, 11, 8] = float("nan")
+    result = resampled_apart(volume, AFFINES[0], "trilinear", support=Support(mask))
+    assert result is not None
+    expected = torch.isnan(_reference(volume, AFFINES[0]))
+    assert 1 <= int(expected.sum()) <= 8 and torch.equal(torch.isnan(result[1]), expected)
+
+
 def test_the_result_does_not_depend_on_the_threads() -> None:
     volume = torch.rand(3, *SHAPE, generator=torch.Generator().manual_seed(4)).numpy()
     extents = row_extents(np.ones(SHAPE, dtype=bool))

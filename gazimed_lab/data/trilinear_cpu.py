@@ -27,7 +27,8 @@ import numpy as np
 __all__ = ["row_extents", "trilinear_numpy"]
 
 #: Compiled once per machine (``cache``: beside this module, or numba's user cache dir).
-_jit = numba.njit(nogil=True, boundscheck=False, fastmath=True, cache=True)
+_jit = numba.njit(nogil=True, boundscheck=False, cache=True,
+                  fastmath={"contract", "arcp", "nsz", "reassoc"})  # NaN and inf propagate
 _POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
