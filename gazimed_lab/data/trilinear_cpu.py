@@ -16,7 +16,6 @@ the number of threads.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ __all__ = ["row_extents", "trilinear_numpy"]
 _jit = numba.njit(nogil=True, boundscheck=False, cache=True,
                   fastmath={"contract", "arcp", "nsz", "reassoc"})  # NaN and inf propagate
 _POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_SLAB = 6  # output slices per piece of work when several threads share a volume
 
 
 def row_extents(mask: np.ndarray) -> np.ndarray:
@@ -53,7 +53,7 @@ def trilinear_numpy(source: np.ndarray, out: np.ndarray, affine: np.ndarray,
     ``affine``: the (4, 4) map from centred output to centred input voxel coordinates
     (MONAI's convention, as :func:`~gazimed_lab.data.resample.resample_`); ``extents``:
     :func:`row_extents` of a mask outside which ``source`` is zero (wrong if it is not).
-    Zeros padding; the first axis is split over ``threads`` threads.
+    Zeros padding; slabs of the first axis are shared out over ``threads`` threads.
     """
     shape = source.shape[1:]
     if source.dtype != np.float32 or not source.flags.c_contiguous or source.ndim != 4:
@@ -73,13 +73,21 @@ def trilinear_numpy(source: np.ndarray, out: np.ndarray, affine: np.ndarray,
     if parts == 1:
         _rows(source, out, lin, off, extents, 0, depth)
         return
-    key = (os.getpid(), parts)  # a forked child gets its own pool (threads do not fork)
+    key = (os.getpid(), parts - 1)  # a forked child gets its own pool (threads do not fork)
     pool = _POOL.get(key)
     if pool is None:
-        pool = _POOL[key] = ThreadPoolExecutor(parts, thread_name_prefix="gazimed-trilinear")
-    cuts = np.linspace(0, depth, parts + 1).round().astype(int)
-    jobs = [pool.submit(_rows, source, out, lin, off, extents, int(a), int(b))
-            for a, b in itertools.pairwise(cuts)]
+        pool = _POOL[key] = ThreadPoolExecutor(parts - 1, thread_name_prefix="gazimed-trilinear")
+    # Slabs of slices handed out as the threads come for them (this thread works too): a
+    # helper that torch's spinning OpenMP workers slow down takes fewer, and nobody waits
+    # for a fixed half. ``next`` on one shared list iterator is atomic under the GIL.
+    slabs = iter(range(0, depth, _SLAB))
+
+    def work() -> None:
+        for start in slabs:
+            _rows(source, out, lin, off, extents, start, min(depth, start + _SLAB))
+
+    jobs = [pool.submit(work) for _ in range(parts - 1)]
+    work()
     for job in jobs:
         job.result()
 
