@@ -338,7 +338,7 @@ def _augment_costs(dm: Any, loader: DataLoader, repeats: int) -> dict[str, Any]:
     kinds = {"intensity": {"intensity": float(d.aug_intensity)},
              "noise": {"noise_std": float(d.aug_noise_std)}}
     if any(affine.values()):
-        kinds["affine"] = affine  # the default resampler, inside the brain box
+        kinds["affine"] = affine  # the default resampler, within the brain mask
         kinds["affine_whole_grid"] = {**affine, "support": None}
         kinds["affine_two_pass"] = {**affine, "resampler": "two_pass"}
     out: dict[str, Any] = {"batch": int(images.shape[0]), "shape": list(images.shape[1:])}

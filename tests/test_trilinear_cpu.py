@@ -63,8 +63,8 @@ def test_the_kernel_is_grid_samples_trilinear_on_every_voxel(index: int) -> None
 
 
 def test_voxels_left_out_by_the_support_are_those_it_cannot_reach() -> None:
-    """The support cuts the work, not the values: voxels it skips are zero in the full
-    result, and it skips most of the empty ones."""
+    """The support cuts the work, not the values: every voxel is written, the voxels it
+    skips are zero in the full result, and most of this result is zero (a real cut)."""
     mask = np.zeros(SHAPE, dtype=bool)
     mask[6:12, 8:15, 5:11] = True
     volume = torch.rand(2, *SHAPE) * torch.as_tensor(mask)

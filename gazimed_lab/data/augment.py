@@ -278,7 +278,7 @@ class BatchAugment:
 
     def _write_moved(self, x: torch.Tensor, d: SubjectDraw, has_pet: bool,
                      moved: tuple[Box, torch.Tensor] | None) -> None:
-        """Write one (C, D, H, W) sample from its two-pass affine output, scaled, shifted, noised.
+        """Write one (C, D, H, W) sample from its affine output, scaled, shifted and noised.
 
         ``moved`` is :func:`~gazimed_lab.data.resample.resampled_apart`'s ``(box, values)``
         (zero outside the box; ``None``: zero everywhere). The same values as the affine

@@ -36,6 +36,7 @@ with zeros: the same values (``zeros`` padding only). A bare :data:`Box` is a su
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -96,15 +97,25 @@ class Support:
 
     @classmethod
     def of(cls, support: Box | Support | None, shape: tuple[int, ...]) -> Support:
-        """Return a :class:`Support` on a ``shape`` grid from a box, a support or ``None`` (all)."""
+        """Return a :class:`Support` on a ``shape`` grid from a box, a support or ``None`` (all).
+
+        A box or ``None`` is made into a mask once per (box, shape) and kept: the kernel
+        asks for it for every moved item.
+        """
         if isinstance(support, Support):
             if support.mask.shape != tuple(shape):
                 raise ValueError(f"`support` must be a mask of the images' grid {tuple(shape)}, "
                                  f"got {support.mask.shape}")
             return support
-        mask = np.zeros(shape, dtype=bool)
-        mask[tuple(slice(lo, hi) for lo, hi in (support or [(0, n) for n in shape]))] = True
-        return cls(mask)
+        box = None if support is None else tuple((int(lo), int(hi)) for lo, hi in support)
+        return _box_support(box, tuple(int(n) for n in shape))
+
+
+@functools.lru_cache(maxsize=8)
+def _box_support(box: tuple[tuple[int, int], ...] | None, shape: tuple[int, ...]) -> Support:
+    mask = np.zeros(shape, dtype=bool)
+    mask[tuple(slice(lo, hi) for lo, hi in (box or [(0, n) for n in shape]))] = True
+    return Support(mask)
 
 
 def _box(support: Box | Support | None) -> Box | None:
@@ -153,6 +164,9 @@ def resample_(images: torch.Tensor, moves: Sequence[tuple[int, np.ndarray]],
         if not resamples_apart(method, affine, images.device, padding_mode):
             continue
         result = resampled_apart(images[b], affine, method, padding_mode, support)
+        if result is not None and result[0] == ((0, shape[0]), (0, shape[1]), (0, shape[2])):
+            images[b].copy_(result[1])  # the whole grid (the CPU kernel): nothing to zero
+            continue
         # zero the whole item, then write the box: one contiguous fill is cheaper than the
         # six slabs around the box (whose edges along the last axis are short strided rows)
         images[b].zero_()
