@@ -184,6 +184,28 @@ def test_items_resampled_apart_are_written_as_the_affine_then_intensity_then_noi
                        for b, d in enumerate(draws) if d.affine is not None) >= 2
 
 
+@pytest.mark.parametrize("resampler", RESAMPLERS)
+def test_a_float16_batch_is_converted_and_augmented_as_its_float32_copy(resampler: str) -> None:
+    """Served float16, a batch gives the same float32 result as converted first (on the CPU
+    the kernel's items are converted into its source only); the input is left alone."""
+    images = _volumes(6, seed=4).half()
+    served = images.clone()
+    mask = torch.ones(6, 2)
+    mask[2, 1] = 0.0
+    keys = [(1, i) for i in range(6)]
+    aug = BatchAugment(prob=0.7, rotate_deg=6.0, scale=0.05, translate_vox=2.0,
+                       intensity=0.1, noise_std=0.05, support=((3, 18), (4, 22), (2, 18)),
+                       seed=3, resampler=resampler)
+    out = aug(images, mask, keys)
+    assert out.dtype == torch.float32 and torch.equal(images, served)
+    assert torch.equal(out, aug(images.float(), mask, keys))
+    draws = [aug.draw(e, i, channels=3) for e, i in keys]
+    assert 0 < sum(d.affine is not None for d in draws) < 6  # moved and still items
+    with pytest.raises(ValueError, match=r"`images` must be a \(B, C, D, H, W\) float32 or "
+                                         r"float16 tensor, got \(6, 3, 23, 27, 21\) torch.float64"):
+        aug(images.double(), mask, keys)
+
+
 class _Seen(pl.Callback):
     """Record the images the model receives, and what the loader served, during fit."""
 

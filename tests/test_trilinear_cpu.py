@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from monai.transforms.utils import create_rotate, create_scale, create_translate
 
-from gazimed_lab.data.resample import Support, resample_, resampled_apart, sampling_grid
+from gazimed_lab.data.resample import (
+    Support,
+    resample_,
+    resample_into,
+    resampled_apart,
+    sampling_grid,
+)
 from gazimed_lab.data.trilinear_cpu import row_extents, trilinear_numpy
 
 SHAPE = (19, 23, 17)
@@ -105,15 +111,67 @@ def test_resample_on_the_cpu_uses_the_kernel_in_place() -> None:
     assert float((images - expected).abs().max()) < 1e-5  # float32 rounding of the grid
 
 
+def test_the_write_folds_in_scale_shift_noise_and_zero_channels() -> None:
+    """``scale * resampled + shift + noise_std * noise`` in every voxel, inside the
+    support and outside it (where it is ``shift`` plus the noise); the channels from
+    ``keep`` on are zero, whatever they held."""
+    g = torch.Generator().manual_seed(7)
+    mask = _blob_mask()
+    volume = (torch.rand(3, *SHAPE, generator=g) * torch.as_tensor(mask)).numpy()
+    noise = torch.randn(3, *SHAPE, generator=g).numpy()
+    extents = row_extents(mask)
+    plain, folded = np.empty_like(volume), np.full_like(volume, np.nan)
+    trilinear_numpy(volume, plain, AFFINES[0], extents)
+    scale, shift = [1.1, 0.8, 1.0], [0.05, -0.1, 0.0]
+    trilinear_numpy(volume, folded, AFFINES[0], extents, scale=scale, shift=shift,
+                    noise=noise, noise_std=0.03, keep=2)
+    expected = (plain * np.asarray(scale, np.float32)[:, None, None, None]
+                + np.asarray(shift, np.float32)[:, None, None, None] + 0.03 * noise)
+    np.testing.assert_allclose(folded[:2], expected[:2], atol=1e-6)
+    assert (folded[2] == 0).all() and (plain[2] != 0).any()
+    assert (plain[0] == 0).mean() > 0.3  # much of it outside the support: the fill counts
+    shifted = np.empty_like(volume)
+    trilinear_numpy(volume, shifted, AFFINES[0], extents, shift=shift)  # no noise
+    np.testing.assert_allclose(shifted, plain + np.asarray(shift, np.float32)[:, None, None, None],
+                               atol=1e-6)
+
+
+def test_a_float16_source_is_read_as_its_float32_values() -> None:
+    """The cached float16 volume is read as it is: the same result, bit for bit, as its
+    float32 copy, also with the write's scale, shift and noise."""
+    g = torch.Generator().manual_seed(8)
+    mask = _blob_mask()
+    half = (torch.rand(3, *SHAPE, generator=g) * torch.as_tensor(mask)).half().numpy()
+    noise = torch.randn(3, *SHAPE, generator=g).numpy()
+    extents = row_extents(mask)
+    for affine in AFFINES[:4]:
+        from_half, from_float = np.empty(half.shape, np.float32), np.empty(half.shape, np.float32)
+        for source, out in ((half, from_half), (half.astype(np.float32), from_float)):
+            trilinear_numpy(source, out, affine, extents, threads=2, scale=[1.1, 0.9, 1.0],
+                            shift=[0.1, 0.0, -0.1], noise=noise, noise_std=0.02)
+        np.testing.assert_array_equal(from_half, from_float)
+
+
 def test_bad_inputs_name_what_was_expected() -> None:
     volume = np.zeros((1, *SHAPE), dtype=np.float32)
     extents = row_extents(np.ones(SHAPE, dtype=bool))
-    with pytest.raises(ValueError, match=r"`source` must be a C-contiguous \(C, D, H, W\) float32"):
+    with pytest.raises(ValueError, match=r"`source` must be a C-contiguous \(C, D, H, W\) "
+                                         r"float16 or float32"):
         trilinear_numpy(volume.astype(np.float64), volume, np.eye(4), extents)
-    with pytest.raises(ValueError, match=r"`out` must be another float32 array of shape"):
+    with pytest.raises(ValueError, match=r"`out` must be another C-contiguous float32 array"):
         trilinear_numpy(volume, volume, np.eye(4), extents)
     with pytest.raises(ValueError, match=r"`extents` must be \(D, H, 2\)"):
         trilinear_numpy(volume, volume.copy(), np.eye(4), extents[:3])
+    with pytest.raises(ValueError, match=r"`scale` must hold one value per channel \(1\), got 2"):
+        trilinear_numpy(volume, volume.copy(), np.eye(4), extents, scale=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r"`keep` must be in \[0, 1\] \(channels kept\), got 2"):
+        trilinear_numpy(volume, volume.copy(), np.eye(4), extents, keep=2)
+    with pytest.raises(ValueError, match=r"`noise` must be a C-contiguous float32 array of shape"):
+        trilinear_numpy(volume, volume.copy(), np.eye(4), extents, noise=volume[:, :3],
+                        noise_std=0.1)
+    with pytest.raises(ValueError, match=r"`source` and `out` must be CPU tensors"):
+        resample_into(torch.from_numpy(volume), torch.empty(volume.shape, device="meta"),
+                      np.eye(4))
     with pytest.raises(ValueError, match=r"`support` must be a mask of the images' grid"):
         Support.of(Support(np.ones((4, 4, 4), dtype=bool)), SHAPE)
     with pytest.raises(ValueError, match=r"`mask` must be a 3D boolean array with a True voxel"):

@@ -31,9 +31,10 @@ CPU and CUDA runs get the same noise.
 The items of a batch whose affine fires are resampled by
 :mod:`gazimed_lab.data.resample` (``data.aug_resampler``: exact trilinear by default, a
 compiled kernel on CPU and one 3D ``grid_sample`` on CUDA; or two 2D passes); intensity
-changes and noise run per item, in place. An item resampled apart from the batch (by the
-CPU kernel or in two passes) is written once from that output, with its intensity change
-and noise folded into the write (:meth:`BatchAugment._write_moved`).
+changes and noise run per item, in place. The CPU kernel writes an item itself, once,
+from a copy of it, with its intensity change and noise folded into that write
+(:meth:`BatchAugment._write_kernel`); an item resampled in two passes is written once
+from their output, the same way (:meth:`BatchAugment._write_moved`).
 """
 
 from __future__ import annotations
@@ -48,14 +49,17 @@ import torch
 from monai.transforms.utils import create_rotate, create_scale, create_translate
 
 from gazimed_lab.config import RESAMPLERS, DataConfig
+from gazimed_lab.data.batches import host_empty
+from gazimed_lab.data.numba_cpu import write_pointwise
 from gazimed_lab.data.resample import (
     Box,
     Support,
     box_index,
+    kernel_resamples,
     resample_,
+    resample_into,
     resampled_apart,
     resamples_apart,
-    two_pass_applies,
 )
 from gazimed_lab.data.sampling import derive_seed
 
@@ -228,32 +232,37 @@ class BatchAugment:
     # ------------------------------------------------------------------ apply
     def __call__(self, images: torch.Tensor, modality_mask: torch.Tensor,
                  keys: Sequence[tuple[int, int]], inplace: bool = False) -> torch.Tensor:
-        """Augment ``images`` (B, C, D, H, W) float32; item ``b`` is subject ``keys[b]``.
+        """Augment ``images`` (B, C, D, H, W); item ``b`` is subject ``keys[b]``; float32 out.
 
         Parameters
         ----------
         images
-            Float32 batch on any device.
+            Float32 or float16 batch on any device. A float16 batch is converted on its
+            device into a new float32 tensor (on the CPU an item the trilinear kernel
+            moves is converted into the kernel's source only, and written once, by it).
         modality_mask
             (B, 2) ``[MRI present, PET present]``: the PET channels of a subject
             without PET are zero again afterwards.
         keys
             ``(epoch, subject index)`` of each item (the training sampler's keys).
         inplace
-            Write into ``images`` (the caller owns it) instead of a copy.
+            Write into a float32 ``images`` (the caller owns it) instead of a copy.
         """
-        if images.ndim != 5 or images.dtype != torch.float32:
-            raise ValueError(f"`images` must be a (B, C, D, H, W) float32 tensor, got "
-                             f"{tuple(images.shape)} {images.dtype}")
+        if images.ndim != 5 or images.dtype not in (torch.float32, torch.float16):
+            raise ValueError(f"`images` must be a (B, C, D, H, W) float32 or float16 tensor, "
+                             f"got {tuple(images.shape)} {images.dtype}")
         if len(keys) != images.shape[0]:
             raise ValueError(f"`keys` must hold one (epoch, index) per item, got {len(keys)} "
                              f"for a batch of {images.shape[0]}")
         channels = int(images.shape[1])
         draws = [self.draw(int(e), int(i), channels) for e, i in keys]
-        out = images if inplace else images.clone()
-        if not any(d.fired for d in draws):
-            return out
         has_pet = (modality_mask[:, 1] > 0.5).tolist()
+        if images.device.type == "cpu":
+            return self._apply_cpu(images, draws, has_pet, inplace)
+        if images.dtype != torch.float32:
+            out = images.to(torch.float32)
+        else:
+            out = images if inplace else images.clone()
         moving = [(b, d.affine) for b, d in enumerate(draws) if d.affine is not None]
         boxes = self._affine(out, moving) if moving else {}
         for b, d in enumerate(draws):
@@ -261,6 +270,50 @@ class BatchAugment:
                 self._write_moved(out[b], d, bool(has_pet[b]), boxes[b])
             elif d.fired:
                 self._intensity_and_noise(out[b], d, bool(has_pet[b]))
+        return out
+
+    def _apply_cpu(self, images: torch.Tensor, draws: list[SubjectDraw], has_pet: list[bool],
+                   inplace: bool) -> torch.Tensor:
+        """:meth:`__call__` on the CPU: each item written once, by a kernel of ours.
+
+        An item the trilinear kernel moves is read from the batch as served (float16 or
+        float32) and written with its intensity change and noise; an item that does not
+        move is converted, scaled, shifted and noised in one pass
+        (:func:`~gazimed_lab.data.numba_cpu.write_pointwise`). Only the two passes
+        (``two_pass``) and ``border`` padding still go through torch. No torch op runs
+        here otherwise, so no OpenMP worker spins beside the kernels' threads.
+        """
+        threads = torch.get_num_threads()
+        own = inplace and images.dtype == torch.float32 and images.is_contiguous()
+        out = images if own else host_empty(images.shape, torch.float32)
+        for b, d in enumerate(draws):
+            x, item = out[b].numpy(), images[b].detach().contiguous().numpy()
+            keep = x.shape[0] if has_pet[b] or x.shape[0] == 1 else 1
+            if d.affine is not None and kernel_resamples(self.resampler, d.affine,
+                                                         images.device, self.padding_mode):
+                if own:  # the kernel needs a source apart from its output
+                    source = self._buffer(("source",), out[b]).numpy()
+                    write_pointwise(source, item, threads)
+                    item = source
+                noise = self._noise(out[b], d.noise_seed) if d.noise_std is not None else None
+                resample_into(torch.from_numpy(item), out[b], d.affine, self.support,
+                              scale=d.scale, shift=d.shift, noise=noise,
+                              noise_std=d.noise_std or 0.0, keep=keep)
+            elif d.affine is not None:  # two passes, or border padding: torch
+                if not own:
+                    write_pointwise(x, item, threads)
+                moved = self._affine(out, [(b, d.affine)])
+                if b in moved:
+                    self._write_moved(out[b], d, bool(has_pet[b]), moved[b])
+                else:
+                    self._intensity_and_noise(out[b], d, bool(has_pet[b]))
+            elif d.fired:
+                noise = self._noise(out[b], d.noise_seed) if d.noise_std is not None else None
+                write_pointwise(x, item, threads, scale=d.scale, shift=d.shift,
+                                noise=None if noise is None else noise.numpy(),
+                                noise_std=d.noise_std or 0.0, keep=keep)
+            elif not own:
+                write_pointwise(x, item, threads)
         return out
 
     def _intensity_and_noise(self, x: torch.Tensor, d: SubjectDraw, has_pet: bool) -> None:
@@ -333,7 +386,7 @@ class BatchAugment:
         """Resample the items ``moving`` names (``resampler``, ``padding_mode``).
 
         Items resampled together by one 3D ``grid_sample`` are overwritten in place; for
-        the items resampled apart (two passes, or the CPU trilinear kernel), returns
+        the items resampled apart, returns
         :func:`~gazimed_lab.data.resample.resampled_apart`'s result by item, for
         :meth:`_write_moved` (they are left unchanged here).
         """
@@ -343,9 +396,7 @@ class BatchAugment:
         flat = [(b, a) for b, a in moving if not apart[b]]
         if flat:
             resample_(out, flat, *args, support=self.support)
-        return {b: resampled_apart(out[b], a, *args, support=self.support,
-                                   out=None if two_pass_applies(self.resampler, a)
-                                   else self._buffer(("moved", b), out[b]))
+        return {b: resampled_apart(out[b], a, *args, support=self.support)
                 for b, a in moving if apart[b]}
 
     def _buffer(self, key: tuple[Any, ...], like: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
+from gazimed_lab.data.numba_cpu import stack_volumes, write_pointwise
+
 __all__ = ["BatchCollate", "as_float32", "host_empty", "stack_images"]
 
 _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32,
@@ -57,14 +59,20 @@ def host_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
 def as_float32(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """``images`` as float32 on its own device; and whether a new tensor was made.
 
-    On CPU the new tensor is a :func:`host_empty` buffer; on a GPU the conversion
-    runs there.
+    On CPU the new tensor is a :func:`host_empty` buffer (float16 volumes converted by
+    threads of ours, :func:`~gazimed_lab.data.numba_cpu.write_pointwise`); on a GPU the
+    conversion runs there.
     """
     if images.dtype == torch.float32:
         return images, False
     if images.device.type == "cpu":
         out = host_empty(images.shape, torch.float32)
-        out.copy_(images)
+        if images.dtype == torch.float16 and images.ndim >= 3 and images.is_contiguous():
+            spatial = images.shape[-3:]
+            write_pointwise(out.numpy().reshape(-1, *spatial),
+                            images.numpy().reshape(-1, *spatial), torch.get_num_threads())
+        else:
+            out.copy_(images)
         return out, True
     return images.to(torch.float32), True
 
@@ -73,13 +81,21 @@ def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
     """Stack equally shaped tensors into one batch tensor.
 
     In a DataLoader worker, torch's own collation (into shared memory, which the
-    batch then travels through); in the main process, into a :func:`host_empty` buffer.
+    batch then travels through); in the main process, into a :func:`host_empty` buffer,
+    volumes copied by threads of ours
+    (:func:`~gazimed_lab.data.numba_cpu.stack_volumes`: no OpenMP worker is left spinning
+    beside the augmentation's kernels).
     """
     if get_worker_info() is not None:
         return default_collate(images)
     first = images[0]
     out = host_empty((len(images), *first.shape), first.dtype)
-    torch.stack(images, out=out)
+    if first.ndim == 4 and first.dtype in (torch.float16, torch.float32) and all(
+            i.shape == first.shape and i.dtype == first.dtype and i.device.type == "cpu"
+            and i.is_contiguous() for i in images):
+        stack_volumes(out.numpy(), [i.numpy() for i in images], torch.get_num_threads())
+    else:
+        torch.stack(images, out=out)
     return out
 
 
@@ -117,8 +133,9 @@ class BatchCollate:
             if keys is not None:
                 batch["augment_key"] = [(int(e), int(i)) for e, i in keys]
             return batch
-        images, _ = as_float32(images)
         if keys is not None and self.augment is not None:  # the stacked batch is ours
             images = self.augment(images, batch["modality_mask"], keys, inplace=True)
+        else:
+            images, _ = as_float32(images)
         batch["images"] = images
         return batch

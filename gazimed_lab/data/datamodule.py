@@ -419,9 +419,11 @@ class MNIDataModule(pl.LightningDataModule):
         epoch, subject) on the same device. ``augment_key`` is removed.
         """
         keys = batch.pop("augment_key", None)
-        images, fresh = as_float32(batch["images"])
-        if train and keys is not None and self.augment is not None:
-            images = self.augment(images, batch["modality_mask"], keys, inplace=fresh)
+        images = batch["images"]
+        if train and keys is not None and self.augment is not None:  # it converts as well
+            images = self.augment(images, batch["modality_mask"], keys)
+        else:
+            images, _ = as_float32(images)
         batch["images"] = images
         return batch
 

@@ -48,9 +48,9 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from gazimed_lab.config import RESAMPLERS
 from gazimed_lab.data.trilinear_cpu import row_extents, trilinear_numpy
 
-__all__ = ["RESAMPLERS", "Box", "Support", "box_index", "mask_box", "resample_",
-           "resampled_apart", "resamples_apart", "sampling_grid", "two_pass_applies",
-           "two_pass_box"]
+__all__ = ["RESAMPLERS", "Box", "Support", "box_index", "kernel_resamples", "mask_box",
+           "resample_", "resample_into", "resampled_apart", "resamples_apart", "sampling_grid",
+           "two_pass_applies", "two_pass_box"]
 
 #: ``(start, stop)`` voxel index range per spatial axis.
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -191,6 +191,36 @@ def resamples_apart(method: str, affine: np.ndarray, device: torch.device,
     if two_pass_applies(method, affine):
         return True
     return torch.device(device).type == "cpu" and padding_mode == "zeros"
+
+
+def kernel_resamples(method: str, affine: np.ndarray, device: torch.device,
+                     padding_mode: str) -> bool:
+    """Whether an item is resampled by the CPU trilinear kernel (:func:`resample_into`)."""
+    return (resamples_apart(method, affine, device, padding_mode)
+            and not two_pass_applies(method, affine))
+
+
+def resample_into(source: torch.Tensor, out: torch.Tensor, affine: np.ndarray,
+                  support: Box | Support | None = None, *,
+                  scale: Sequence[float] | None = None, shift: Sequence[float] | None = None,
+                  noise: torch.Tensor | None = None, noise_std: float = 0.0,
+                  keep: int | None = None) -> None:
+    """Write one (C, D, H, W) CPU volume resampled with ``affine`` into ``out`` (the kernel).
+
+    Zeros padding; every voxel of ``out`` (another contiguous float32 tensor) is written.
+    ``scale``, ``shift``, ``noise`` (shaped like ``source``) and ``noise_std`` fold an
+    intensity change and noise into that write, and the channels from ``keep`` on are
+    zero (:func:`~gazimed_lab.data.trilinear_cpu.trilinear_numpy`). Uses torch's number
+    of threads.
+    """
+    if source.device.type != "cpu" or out.device.type != "cpu":
+        raise ValueError(f"`source` and `out` must be CPU tensors for the trilinear kernel, "
+                         f"got {source.device} and {out.device}; use resample_")
+    shape = tuple(int(n) for n in source.shape[1:])
+    trilinear_numpy(source.detach().contiguous().numpy(), out.detach().numpy(), affine,
+                    Support.of(support, shape).extents, torch.get_num_threads(),
+                    scale=scale, shift=shift, noise_std=noise_std, keep=keep,
+                    noise=None if noise is None else noise.detach().contiguous().numpy())
 
 
 def resampled_apart(volume: torch.Tensor, affine: np.ndarray, method: str,
