@@ -31,10 +31,12 @@ CPU and CUDA runs get the same noise.
 The items of a batch whose affine fires are resampled by
 :mod:`gazimed_lab.data.resample` (``data.aug_resampler``: exact trilinear by default, a
 compiled kernel on CPU and one 3D ``grid_sample`` on CUDA; or two 2D passes); intensity
-changes and noise run per item, in place. The CPU kernel writes an item itself, once,
-from a copy of it, with its intensity change and noise folded into that write
-(:meth:`BatchAugment._write_kernel`); an item resampled in two passes is written once
-from their output, the same way (:meth:`BatchAugment._write_moved`).
+changes and noise run per item. On the CPU each item is written once by a kernel of ours,
+read from the batch as served (float16 or float32): the trilinear kernel writes a moved
+item with its intensity change and noise folded in, a pointwise pass the others
+(:meth:`BatchAugment._apply_cpu`); an item resampled in two passes is written once from
+their output, the same way (:meth:`BatchAugment._write_moved`). On CUDA intensity and
+noise run in place after the affine.
 """
 
 from __future__ import annotations
