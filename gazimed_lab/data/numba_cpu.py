@@ -31,8 +31,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-__all__ = ["half_to_float", "jit", "kernel_view", "noise_values", "per_channel",
-           "run_slabs", "stack_volumes", "value", "write_pointwise"]
+__all__ = ["half_to_float", "jit", "kernel_view", "run_slabs", "stack_volumes", "value",
+           "write_pointwise", "write_terms"]
 
 #: Compiled once per machine (``cache``: beside the module, or numba's user cache dir).
 jit = numba.njit(nogil=True, boundscheck=False, cache=True,
@@ -70,16 +70,35 @@ def _value(x: Any) -> Any:  # pragma: no cover - compiled
     return {types.uint16: from_half, types.float32: as_is}.get(x)
 
 
-def per_channel(name: str, values: Sequence[float] | None, default: float,
-                channels: int) -> np.ndarray:
-    """``values`` (one per channel, or ``default`` for all) as a float32 array."""
-    if values is None:
-        return np.full(channels, default, dtype=np.float32)
-    array = np.asarray(values, dtype=np.float32).reshape(-1)
-    if array.shape != (channels,):
-        raise ValueError(f"`{name}` must hold one value per channel ({channels}), got "
-                         f"{len(array)}")
-    return array
+def write_terms(scale: Sequence[float] | None, shift: Sequence[float] | None,
+                noise: np.ndarray | None, noise_std: float, keep: int | None,
+                shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Check a write's intensity change and noise for (C, D, H, W) ``shape``, as kernels take them.
+
+    Returns ``(scale, shift, noise, keep)``: per-channel float32 factors (default 1) and
+    offsets (default 0), the noise flattened (empty when there is none or ``noise_std`` is
+    0), and the number of channels kept (default all).
+    """
+    channels = shape[0]
+    terms = []
+    for name, values, default in (("scale", scale, 1.0), ("shift", shift, 0.0)):
+        array = np.full(channels, default, dtype=np.float32) if values is None else \
+            np.asarray(values, dtype=np.float32).reshape(-1)
+        if array.shape != (channels,):
+            raise ValueError(f"`{name}` must hold one value per channel ({channels}), got "
+                             f"{len(array)}")
+        terms.append(array)
+    kept = channels if keep is None else int(keep)
+    if not 0 <= kept <= channels:
+        raise ValueError(f"`keep` must be in [0, {channels}] (channels kept), got {kept}")
+    if noise is None or not noise_std:
+        flat = np.empty(0, dtype=np.float32)
+    elif noise.shape != shape or noise.dtype != np.float32 or not noise.flags.c_contiguous:
+        raise ValueError(f"`noise` must be a C-contiguous float32 array of shape {shape}, "
+                         f"got {noise.shape} {noise.dtype}")
+    else:
+        flat = noise.reshape(-1)
+    return terms[0], terms[1], flat, kept
 
 
 def kernel_view(array: np.ndarray, name: str) -> np.ndarray:
@@ -135,13 +154,8 @@ def write_pointwise(out: np.ndarray, source: np.ndarray, threads: int = 1, *,
         raise ValueError(f"`out` must be a float32 array of the source's (C, D, H, W) shape "
                          f"{source.shape}, got {out.shape} {out.dtype}")
     src, dst = kernel_view(source, "source"), kernel_view(out, "out")
-    channels, depth = source.shape[:2]
-    factors = per_channel("scale", scale, 1.0, channels)
-    offsets = per_channel("shift", shift, 0.0, channels)
-    keep = channels if keep is None else int(keep)
-    if not 0 <= keep <= channels:
-        raise ValueError(f"`keep` must be in [0, {channels}] (channels kept), got {keep}")
-    values = noise_values(noise, noise_std, source.shape)
+    factors, offsets, values, keep = write_terms(scale, shift, noise, noise_std, keep,
+                                                 source.shape)
     plain = scale is None and shift is None and not values.size  # a conversion: exact, -0 too
     rows = source[0, 0].size
 
@@ -150,7 +164,7 @@ def write_pointwise(out: np.ndarray, source: np.ndarray, threads: int = 1, *,
                 np.float32(noise_std), keep, plain, source[0].size, start * rows,
                 stop * rows)
 
-    run_slabs(work, depth, threads)
+    run_slabs(work, source.shape[1], threads)
 
 
 def stack_volumes(out: np.ndarray, volumes: Sequence[np.ndarray], threads: int = 1) -> None:
@@ -184,17 +198,6 @@ def _copy(src: np.ndarray, out: np.ndarray, start: int,
         o, s = out[c, start:stop], src[c, start:stop]
         for i in range(o.size):  # from 0: vectorized (a slice assignment is not)
             o[i] = s[i]
-
-
-def noise_values(noise: np.ndarray | None, noise_std: float,
-                 shape: tuple[int, ...]) -> np.ndarray:
-    """``noise`` flattened for a kernel (checked), or an empty array when there is none."""
-    if noise is None or not noise_std:
-        return np.empty(0, dtype=np.float32)
-    if noise.shape != shape or noise.dtype != np.float32 or not noise.flags.c_contiguous:
-        raise ValueError(f"`noise` must be a C-contiguous float32 array of shape {shape}, "
-                         f"got {noise.shape} {noise.dtype}")
-    return noise.reshape(-1)
 
 
 @jit

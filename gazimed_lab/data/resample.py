@@ -30,7 +30,7 @@ Given a ``support`` outside which every item is zero (the normalized volumes are
 the grid's brain mask: the datamodule passes that mask as a :class:`Support`), the two
 passes compute only the slices and the output box that can be nonzero (the mask's bounding
 box is about 57 % of the 2 mm grid), and the CPU trilinear kernel only the voxels of each
-output row whose taps can reach the mask (about a third of the grid); both fill the rest
+output row whose taps can reach the mask (about 28 % of the grid); both fill the rest
 with zeros: the same values (``zeros`` padding only). A bare :data:`Box` is a support too.
 """
 
@@ -224,14 +224,13 @@ def resample_into(source: torch.Tensor, out: torch.Tensor, affine: np.ndarray,
 
 
 def resampled_apart(volume: torch.Tensor, affine: np.ndarray, method: str,
-                    padding_mode: str = "zeros", support: Box | Support | None = None,
-                    out: torch.Tensor | None = None) -> tuple[Box, torch.Tensor] | None:
+                    padding_mode: str = "zeros",
+                    support: Box | Support | None = None) -> tuple[Box, torch.Tensor] | None:
     """Resample one (C, D, H, W) volume on its own; return ``(box, values)`` or ``None``.
 
     As :func:`two_pass_box` (zero outside ``box``; ``None``: zero everywhere), for an item
-    :func:`resamples_apart` accepts. The volume is left unchanged. ``out``: a contiguous
-    float32 buffer of the volume's shape that the CPU trilinear kernel writes into (and
-    returns) instead of a new tensor; the two passes ignore it.
+    :func:`resamples_apart` accepts; the CPU trilinear kernel's box is the whole grid. The
+    volume is left unchanged.
     """
     if two_pass_applies(method, affine):
         return two_pass_box(volume, affine, padding_mode, support)
@@ -239,10 +238,8 @@ def resampled_apart(volume: torch.Tensor, affine: np.ndarray, method: str,
         raise ValueError(f"`volume` must be on the CPU with zeros padding for the trilinear "
                          f"kernel, got {volume.device} and {padding_mode!r}; use resample_")
     shape = tuple(int(n) for n in volume.shape[1:])
-    source = volume.detach().contiguous().numpy()
-    result = torch.from_numpy(np.empty_like(source)) if out is None else out
-    trilinear_numpy(source, result.numpy(), affine, Support.of(support, shape).extents,
-                    torch.get_num_threads())
+    result = torch.empty(volume.shape, dtype=torch.float32)
+    resample_into(volume, result, affine, support)
     whole: Box = ((0, shape[0]), (0, shape[1]), (0, shape[2]))
     return whole, result
 

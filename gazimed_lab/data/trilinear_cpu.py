@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gazimed_lab.data.numba_cpu import jit as _jit
-from gazimed_lab.data.numba_cpu import kernel_view, noise_values, per_channel, run_slabs, value
+from gazimed_lab.data.numba_cpu import kernel_view, run_slabs, value, write_terms
 
 __all__ = ["row_extents", "trilinear_numpy"]
 
@@ -76,13 +76,8 @@ def trilinear_numpy(source: np.ndarray, out: np.ndarray, affine: np.ndarray,
                          f"{source.shape}, got {out.shape} {out.dtype}")
     if extents.shape != (*shape[:2], 2):
         raise ValueError(f"`extents` must be (D, H, 2) = {(*shape[:2], 2)}, got {extents.shape}")
-    channels = source.shape[0]
-    factors = per_channel("scale", scale, 1.0, channels)
-    offsets = per_channel("shift", shift, 0.0, channels)
-    keep = channels if keep is None else int(keep)
-    if not 0 <= keep <= channels:
-        raise ValueError(f"`keep` must be in [0, {channels}] (channels kept), got {keep}")
-    values = noise_values(noise, noise_std, source.shape)
+    factors, offsets, values, keep = write_terms(scale, shift, noise, noise_std, keep,
+                                                 source.shape)
     affine = np.asarray(affine, dtype=np.float64)
     centre = np.array([(n - 1) / 2.0 for n in shape])
     lin = np.ascontiguousarray(affine[:3, :3])
