@@ -7,8 +7,10 @@ batch size, workers and ``pin_memory`` (those of the datamodule's own loader):
   ``__getitem__`` (read the NIfTI files, conform them to the grid, normalize);
 - ``cached``: the datamodule's loader as a running trainer uses it, without
   augmentation: the cache dtype (float16) as stored, stacked (``on_device=True``);
-- ``cached_model``: the same plus ``finish_batch`` on CPU (float32: what a CPU model
-  receives), and ``cached_aug``: the keyed training loader plus ``finish_batch(train=True)``
+- ``cached_model``: the loader a trainer on the CPU gets (``dtype=float32``: a batch
+  that is not augmented is stacked into float32 at once) plus ``finish_batch`` (what a
+  CPU model receives), and ``cached_aug``: the keyed training loader plus
+  ``finish_batch(train=True)``
   (conversion and the preset's augmentation on CPU, in this one process);
   ``cached_aug_two_pass``: the same with ``data.aug_resampler=two_pass`` (the two 2D
   passes instead of the default exact trilinear); ``paired`` times these three
@@ -231,7 +233,9 @@ def _throughput(label: str, preset: str, grid: str, cohort_n: int, n: int, worke
         out["cache_builds"] = dm.cache.builds
     as_model = dm.finish_batch  # float32 on CPU, not augmented
     loaders: dict[str, tuple[DataLoader, Any]] = {
-        "naive": (naive, None), "cached": (cached, None), "cached_model": (cached, as_model),
+        "naive": (naive, None), "cached": (cached, None),
+        "cached_model": (subject_loader(train.as_stored(augment=False), int(data.batch_size),
+                                        dtype=torch.float32, **kwargs), as_model),
         "cached_f32_loader": (dm.split_dataloader("train"), None), "raw": (raw, None),
         "raw_default_collate": (raw_default, None)}
     augment = bool(cfg.data.augment)

@@ -213,9 +213,13 @@ class _Seen(pl.Callback):
         self.train: list[dict] = []
         self.val: list[dict] = []
         self.served: torch.dtype | None = None
+        self.val_served: torch.dtype | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.served = next(iter(trainer.train_dataloader))["images"].dtype
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.val_served = next(iter(trainer.val_dataloaders))["images"].dtype
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.train.append({"epoch": trainer.current_epoch, "images": batch["images"].clone(),
@@ -243,6 +247,7 @@ def test_fit_augments_on_the_device_after_transfer_in_training_only(tiny_cohort:
         warnings.simplefilter("ignore")
         trainer.fit(AlzheimersLightningModule(cfg), datamodule=dm)
     assert seen.served == torch.float16  # the cache dtype crosses to the device
+    assert seen.val_served == torch.float32  # a CPU trainer: stacked into float32 at once
     train = dm.train_dataset
     plain = {sid: train[i]["images"] for i, sid in enumerate(train.subject_ids)}
     assert seen.train and {b["epoch"] for b in seen.train} == {0, 1}
@@ -284,6 +289,18 @@ def test_loaders_outside_a_trainer_serve_float32_augmented_alike(tiny_cohort: Pa
     index = [dm.train_dataset.subject_ids.index(s) for s in plain["subject_id"]]
     assert torch.equal(plain["images"],
                        torch.stack([dm.train_dataset[i]["images"] for i in index]))
+    # a CPU trainer's loaders (dtype float32): what is not augmented is stacked into
+    # float32 at once, the same values; what is, stays float16 for the augmentation
+    joined = next(iter(subject_loader(dm.train_dataset, 4, train=True, seed=dm.seed,
+                                      on_device=True, dtype=torch.float32)))
+    assert joined["images"].dtype == torch.float16 and "augment_key" in joined
+    assert torch.equal(dm.finish_batch(joined, train=True)["images"], batch["images"])
+    val = dm.val_dataset
+    joined = next(iter(subject_loader(val, 4, on_device=True, dtype=torch.float32)))
+    assert joined["images"].dtype == torch.float32
+    assert torch.equal(joined["images"],
+                       torch.stack([val[val.subject_ids.index(s)]["images"]
+                                    for s in joined["subject_id"]]))
 
 
 def test_normalized_volumes_are_zero_outside_the_mask_the_affine_works_in(tiny_cohort: Path,

@@ -81,13 +81,26 @@ def test_the_stack_and_conversion_are_torchs_on_any_number_of_threads(
             converted, fresh = as_float32(stacked)
             assert fresh == (dtype != torch.float32)
             assert converted.dtype == torch.float32 and torch.equal(converted, expected.float())
+            joined = stack_images(items, torch.float32)  # the conversion in the stack's pass
+            assert joined.dtype == torch.float32 and torch.equal(joined, expected.float())
     finally:
         torch.set_num_threads(before)
 
 
 def test_the_stack_names_what_was_expected() -> None:
-    volume = np.zeros(SHAPE, np.float16)
+    volume = np.zeros(SHAPE, np.float32)
     with pytest.raises(ValueError, match=r"`out` must be a \(B, C, D, H, W\) array of the "
-                                         r"volumes' shape and dtype, got \(2, 3, 13, 11, 9\) "
-                                         r"float32 for 2 volumes"):
-        stack_volumes(np.zeros((2, *SHAPE), np.float32), [volume, volume])
+                                         r"volumes' shape, in their dtype or float32, got "
+                                         r"\(2, 3, 13, 11, 9\) float16 for 2 volumes of "
+                                         r"\(3, 13, 11, 9\) \['float32'\]"):
+        stack_volumes(np.zeros((2, *SHAPE), np.float16), [volume, volume])
+    with pytest.raises(ValueError, match=r"got \(1, 3, 13, 11, 9\) float16 for no volumes"):
+        stack_volumes(np.zeros((1, *SHAPE), np.float16), [])
+
+
+def test_the_collate_names_a_dtype_it_cannot_stack_into() -> None:
+    from gazimed_lab.data.batches import BatchCollate
+
+    with pytest.raises(ValueError, match=r"`dtype` must be None or one of \['torch.float16', "
+                                         r"'torch.float32', 'torch.float64'\], got torch.int8"):
+        BatchCollate(on_device=True, dtype=torch.int8)

@@ -22,10 +22,23 @@ asks Linux for transparent huge pages for large arrays (``madvise``); torch's
 allocator does so only with ``THP_MEM_ALLOC_ENABLE=1``. Where THP is set to
 ``madvise`` (this project's AMD EPYC VM), that alone made the 2 mm cached loader
 several times slower than a raw read of the cache (README, Performance).
+
+Even with huge pages, Linux zeroes each fresh page it hands out: for a 43 MB float32
+batch about 0.9 ms per sample, more than the conversion itself (0.5 ms). So a buffer
+of 32 MiB or more is **kept and handed out again once nothing refers to it**: a tensor
+made by ``torch.from_numpy`` holds a reference to its array for as long as any tensor,
+view, storage or exported ``.numpy()`` / DLPack of that memory lives, so an array whose
+only holder is the keeper is free. A batch a caller keeps is never reused; what could
+hide a holder (a reference cycle awaiting the collector) only makes a fresh buffer.
+At most :data:`KEPT_PER_SHAPE` buffers per shape and dtype and :data:`KEPT_BYTES` in
+all are kept (:func:`release_host_buffers` lets them go).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,14 +48,26 @@ from torch.utils.data import default_collate, get_worker_info
 
 from gazimed_lab.data.numba_cpu import stack_volumes, write_pointwise
 
-__all__ = ["BatchCollate", "as_float32", "host_empty", "stack_images"]
+__all__ = ["KEPT_BYTES", "KEPT_PER_SHAPE", "BatchCollate", "as_float32", "host_empty",
+           "read_batch", "release_host_buffers", "stack_images"]
 
 _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32,
                  torch.float64: np.float64}
+REUSED_FROM = 32 << 20  #: bytes from which a buffer is kept (glibc maps larger ones afresh)
+KEPT_PER_SHAPE = 3  #: a batch in the step, the next one prefetched, the one being made
+KEPT_BYTES = 1 << 30  #: all kept buffers together
+_KEPT: dict[tuple[tuple[int, ...], Any], list[np.ndarray]] = {}
+_KEPT_LOCK = threading.Lock()
+_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}
+_FREE = 3  # an array's references while only its keeper holds it: list, loop, getrefcount
 
 
 def host_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """Return an uninitialized CPU tensor backed by a NumPy array (huge pages where granted).
+
+    Buffers of :data:`REUSED_FROM` bytes or more are kept and handed out again once no
+    tensor refers to them (module docstring): their contents are whatever was there.
 
     Parameters
     ----------
@@ -53,7 +78,74 @@ def host_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """
     if dtype not in _NUMPY_DTYPES:
         raise ValueError(f"`dtype` must be one of {sorted(map(str, _NUMPY_DTYPES))}, got {dtype}")
-    return torch.from_numpy(np.empty(tuple(int(n) for n in shape), dtype=_NUMPY_DTYPES[dtype]))
+    size = tuple(int(n) for n in shape)
+    kind = np.dtype(_NUMPY_DTYPES[dtype])
+    if int(np.prod(size)) * kind.itemsize < REUSED_FROM:
+        return torch.from_numpy(np.empty(size, dtype=kind))
+    with _KEPT_LOCK:
+        kept = _KEPT.setdefault((size, kind), [])
+        for array in kept:
+            if sys.getrefcount(array) == _FREE:  # no tensor refers to it any more
+                return torch.from_numpy(array)
+        array = np.empty(size, dtype=kind)
+        held = sum(a.nbytes for arrays in _KEPT.values() for a in arrays)
+        if len(kept) < KEPT_PER_SHAPE and held + array.nbytes <= KEPT_BYTES:
+            kept.append(array)
+    return torch.from_numpy(array)
+
+
+def release_host_buffers() -> int:
+    """Stop keeping the large host buffers (:func:`host_empty`); return how many were kept.
+
+    Buffers still in use stay valid: they are freed when their last tensor goes.
+    """
+    with _KEPT_LOCK:
+        count = sum(len(arrays) for arrays in _KEPT.values())
+        _KEPT.clear()
+    return count
+
+
+def read_batch(paths: Sequence[str | os.PathLike[str]]) -> torch.Tensor | None:
+    """Read equally shaped ``.npy`` volumes into one (B, ...) :func:`host_empty` batch, at once.
+
+    Each file's data goes straight into its place in the batch (no array per file, no
+    stack afterwards). Returns None when the files differ in shape or dtype or hold a
+    dtype other than float16 / float32 (read them one by one then).
+
+    Raises
+    ------
+    ValueError
+        A file that is not a ``.npy`` array, or holds less data than its header says.
+    """
+    batch: torch.Tensor | None = None
+    like: tuple[Any, ...] | None = None
+    for b, path in enumerate(paths):
+        with open(path, "rb") as fh:
+            try:
+                header = _HEADERS.get(np.lib.format.read_magic(fh))
+                if header is None:  # a later format (non-latin-1 field names): np.load
+                    return None
+                shape, fortran, kind = header(fh)
+            except ValueError as exc:
+                raise ValueError(f"cache entry must be a .npy array, got {exc} ({path}); "
+                                 f"rebuild the cache (delete the file)") from exc
+            if like is None:
+                like = (shape, fortran, kind)
+                dtype = {np.dtype(np.float16): torch.float16,
+                         np.dtype(np.float32): torch.float32}.get(np.dtype(kind))
+                if fortran or dtype is None:
+                    return None
+                batch = host_empty((len(paths), *shape), dtype)
+            elif (shape, fortran, kind) != like:
+                return None
+            assert batch is not None
+            target = batch[b].numpy()
+            read = fh.readinto(target.data.cast("B"))
+            if read != target.nbytes:
+                raise ValueError(f"cache entry must hold {target.nbytes} bytes of data for "
+                                 f"{shape} {kind}, got {read} ({path}); a truncated file: "
+                                 f"rebuild the cache (delete the file)")
+    return batch
 
 
 def as_float32(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -77,26 +169,46 @@ def as_float32(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return images.to(torch.float32), True
 
 
-def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
-    """Stack equally shaped tensors into one batch tensor.
+def stack_images(images: list[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Stack equally shaped tensors into one batch tensor (in ``dtype`` in the main process).
 
     In a DataLoader worker, torch's own collation (into shared memory, which the
-    batch then travels through); in the main process, into a :func:`host_empty` buffer,
-    volumes copied by threads of ours
-    (:func:`~gazimed_lab.data.numba_cpu.stack_volumes`: no OpenMP worker is left spinning
-    beside the augmentation's kernels).
+    batch then travels through), in the items' dtype; in the main process, into a
+    :func:`host_empty` buffer of ``dtype`` (default: the items'), volumes copied by threads
+    of ours (:func:`~gazimed_lab.data.numba_cpu.stack_volumes`: no OpenMP worker is left
+    spinning beside the augmentation's kernels). float16 items stacked into float32 are
+    converted in the same pass.
     """
     if get_worker_info() is not None:
         return default_collate(images)
     first = images[0]
-    out = host_empty((len(images), *first.shape), first.dtype)
-    if first.ndim == 4 and first.dtype in (torch.float16, torch.float32) and all(
+    whole = _one_batch(images)
+    if whole is not None and dtype in (None, first.dtype):
+        return whole  # read at once (:func:`read_batch`): already stacked
+    out = host_empty((len(images), *first.shape), first.dtype if dtype is None else dtype)
+    if first.ndim == 4 and first.dtype in (torch.float16, torch.float32) and \
+            out.dtype in (first.dtype, torch.float32) and all(
             i.shape == first.shape and i.dtype == first.dtype and i.device.type == "cpu"
             and i.is_contiguous() for i in images):
         stack_volumes(out.numpy(), [i.numpy() for i in images], torch.get_num_threads())
     else:
-        torch.stack(images, out=out)
+        torch.stack([i.to(out.dtype) for i in images], out=out)
     return out
+
+
+def _one_batch(images: list[torch.Tensor]) -> torch.Tensor | None:
+    """Return the batch whose items ``images`` are, in order and whole (:func:`read_batch`)."""
+    first = images[0]
+    storage, size = first.untyped_storage(), first.numel()
+    if first.device.type != "cpu" or storage.nbytes() != len(images) * size * \
+            first.element_size():
+        return None
+    for b, image in enumerate(images):
+        if image.untyped_storage().data_ptr() != storage.data_ptr() or \
+                image.storage_offset() != b * size or image.shape != first.shape or \
+                image.dtype != first.dtype or not image.is_contiguous():
+            return None
+    return torch.empty(0, dtype=first.dtype).set_(storage).view(len(images), *first.shape)
 
 
 class BatchCollate:
@@ -110,6 +222,10 @@ class BatchCollate:
         float32 here and augment keyed items with ``augment``.
     augment
         A :class:`~gazimed_lab.data.augment.BatchAugment` (training loaders), or None.
+    dtype
+        With ``on_device``: the dtype the main process stacks a batch that is not to be
+        augmented into (float32 for a trainer on the CPU: the conversion joins the
+        stack); None keeps the cache dtype. Without ``on_device`` always float32.
 
     Notes
     -----
@@ -118,24 +234,32 @@ class BatchCollate:
     ``(epoch, index)``), which the data module's hook removes.
     """
 
-    def __init__(self, on_device: bool = False, augment: Any = None) -> None:
+    def __init__(self, on_device: bool = False, augment: Any = None,
+                 dtype: torch.dtype | None = None) -> None:
+        if dtype not in (None, *_NUMPY_DTYPES):
+            raise ValueError(f"`dtype` must be None or one of {sorted(map(str, _NUMPY_DTYPES))}, "
+                             f"got {dtype}")
         self.on_device = bool(on_device)
         self.augment = augment
+        self.dtype = dtype if on_device else torch.float32
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Collate ``items`` (dicts with the same keys)."""
         items = [dict(item) for item in items]
         keys = [item.pop("augment_key") for item in items] if "augment_key" in items[0] else None
-        images = stack_images([item.pop("images") for item in items])
+        augment = keys is not None and (self.on_device or self.augment is not None)
+        # a batch to augment stays as stored (the augmentation reads it and converts)
+        images = stack_images([item.pop("images") for item in items],
+                              None if augment else self.dtype)
         batch: dict[str, Any] = default_collate(items)
         if self.on_device:
             batch["images"] = images
             if keys is not None:
                 batch["augment_key"] = [(int(e), int(i)) for e, i in keys]
             return batch
-        if keys is not None and self.augment is not None:  # the stacked batch is ours
+        if augment:  # the stacked batch is ours
             images = self.augment(images, batch["modality_mask"], keys, inplace=True)
         else:
-            images, _ = as_float32(images)
+            images, _ = as_float32(images)  # a worker's batch arrives as stored
         batch["images"] = images
         return batch

@@ -12,7 +12,7 @@
   after a torch copy, as on one thread). Our threads sleep when idle.
 - :func:`write_pointwise`: a volume converted to float32, with an intensity change and
   noise folded into the same write (the augmentation of a sample that does not move);
-  :func:`stack_volumes`: plain copies (stacking a batch).
+  :func:`stack_volumes`: stacking a batch (copies, or float16 converted to float32).
 
 numba caches each kernel beside the module that defines it and checks only that file:
 after editing this module, remove ``__pycache__/*.nbi`` / ``*.nbc`` of the kernels that use it.
@@ -170,23 +170,35 @@ def write_pointwise(out: np.ndarray, source: np.ndarray, threads: int = 1, *,
 def stack_volumes(out: np.ndarray, volumes: Sequence[np.ndarray], threads: int = 1) -> None:
     """Copy C-contiguous (C, D, H, W) float16 or float32 volumes into ``out[0]``, ``out[1]``...
 
-    ``out`` (B, C, D, H, W) of their dtype. Torch's stack on several threads, without
-    waking its OpenMP workers; one share-out for the whole batch.
+    ``out`` (B, C, D, H, W) of their dtype, or float32 for float16 volumes (converted as
+    they are copied: one pass instead of a stack and a conversion). Torch's stack on
+    several threads, without waking its OpenMP workers; one share-out for the whole batch.
     """
-    if out.shape != (len(volumes), *volumes[0].shape) or out.ndim != 5 or any(
-            v.shape != volumes[0].shape or v.dtype != out.dtype for v in volumes):
-        raise ValueError(f"`out` must be a (B, C, D, H, W) array of the volumes' shape and "
-                         f"dtype, got {out.shape} {out.dtype} for {len(volumes)} volumes of "
-                         f"{volumes[0].shape} {volumes[0].dtype}")
+    first = volumes[0] if len(volumes) else None
+    if first is None or out.shape != (len(volumes), *first.shape) or out.ndim != 5 or any(
+            v.shape != first.shape or v.dtype != first.dtype for v in volumes) or \
+            out.dtype not in (first.dtype, np.float32):
+        got = "no volumes" if first is None else f"{len(volumes)} volumes of {first.shape} " \
+            f"{sorted({str(v.dtype) for v in volumes})}"
+        raise ValueError(f"`out` must be a (B, C, D, H, W) array of the volumes' shape, in their "
+                         f"dtype or float32, got {out.shape} {out.dtype} for {got}")
     sources = [kernel_view(v, "volume").reshape(v.shape[0], -1) for v in volumes]
     target = kernel_view(out, "out").reshape(*out.shape[:2], -1)
-    depth = out.shape[2]
-    rows = volumes[0][0, 0].size
+    depth, channels = out.shape[2], out.shape[1]
+    rows = first[0, 0].size
+    convert = out.dtype != first.dtype
+    ones, zeros = np.ones(channels, np.float32), np.zeros(channels, np.float32)
+    none = np.empty(0, np.float32)
 
     def work(start: int, stop: int) -> None:  # slices [start, stop) of all volumes in a row
         for j in range(start // depth, (stop - 1) // depth + 1):
             lo, hi = max(start - j * depth, 0), min(stop - j * depth, depth)
-            _copy(sources[j], target[j], lo * rows, hi * rows)
+            if convert:
+                _points(sources[j].reshape(-1), target[j].reshape(-1), ones, zeros, none,
+                        np.float32(0.0), channels, True, sources[j].shape[1], lo * rows,
+                        hi * rows)
+            else:
+                _copy(sources[j], target[j], lo * rows, hi * rows)
 
     run_slabs(work, len(volumes) * depth, threads, slab=4 * _SLAB)  # a copy is cheap
 

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from gazimed_lab.data.agreement import agreement_problem, brain_and_rim, pair_agreement
-from gazimed_lab.data.batches import as_float32
+from gazimed_lab.data.batches import as_float32, read_batch
 from gazimed_lab.data.grid import Grid
 from gazimed_lab.data.images import ImageError, conform_flagged, load_volume
 from gazimed_lab.data.normalize import (
@@ -228,11 +228,30 @@ class VolumeDataset(Dataset):
         return len(self.arrays)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        epoch, index = key if isinstance(key, tuple) else (None, key)
+        index = key[1] if isinstance(key, tuple) else key
         # A whole read into a NumPy array (huge pages for large arrays, see batches.py).
         image = torch.from_numpy(np.load(self.arrays[index]))
         if not self.stored_dtype and image.dtype != torch.float32:
             image, _ = as_float32(image)  # torch converts float16 vectorized; numpy does not
+        return self._item(key, image)
+
+    def __getitems__(self, keys: list[int | tuple[int, int]]) -> list[dict[str, Any]]:
+        """Items of a batch (what a DataLoader asks for); in the cache dtype, read at once.
+
+        The loaders' view (:meth:`as_stored`) reads the batch's volumes straight into
+        one (B, C, D, H, W) buffer (:func:`~gazimed_lab.data.batches.read_batch`), each
+        item's ``images`` a view of it, which the collation then takes as the stacked batch.
+        """
+        if not self.stored_dtype or len(keys) < 2:
+            return [self[key] for key in keys]
+        images = read_batch([self.arrays[k[1] if isinstance(k, tuple) else k] for k in keys])
+        if images is None:
+            return [self[key] for key in keys]
+        return [self._item(key, images[b]) for b, key in enumerate(keys)]
+
+    def _item(self, key: int | tuple[int, int], image: torch.Tensor) -> dict[str, Any]:
+        """Return the item of ``key`` (an index, or ``(epoch, index)``) with its ``image``."""
+        epoch, index = key if isinstance(key, tuple) else (None, key)
         mask = torch.from_numpy(self.modality_masks[index].copy())
         item: dict[str, Any] = {
             "images": image,
