@@ -31,13 +31,16 @@ view, storage or exported ``.numpy()`` / DLPack of that memory lives, so an arra
 only holder is the keeper is free. A batch a caller keeps is never reused; what could
 hide a holder (a reference cycle awaiting the collector) only makes a fresh buffer.
 At most :data:`KEPT_PER_SHAPE` buffers per shape and dtype and :data:`KEPT_BYTES` in
-all are kept (:func:`release_host_buffers` lets them go).
+all are kept, per process (:func:`release_host_buffers` lets them go). A free array's
+reference count is measured once on the running interpreter; on a free-threaded build, or
+where a tensor's reference cannot be seen, nothing is kept.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -60,7 +63,31 @@ _KEPT: dict[tuple[tuple[int, ...], Any], list[np.ndarray]] = {}
 _KEPT_LOCK = threading.Lock()
 _HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
             (2, 0): np.lib.format.read_array_header_2_0}
-_FREE = 3  # an array's references while only its keeper holds it: list, loop, getrefcount
+
+
+def _references(arrays: list[np.ndarray]) -> list[int]:
+    """Return ``sys.getrefcount`` of each of ``arrays`` (for the check and its calibration)."""
+    return [sys.getrefcount(array) for array in arrays]
+
+
+def _free_count() -> int | None:
+    """Return the count :func:`_references` sees on an array only its list holds, or None.
+
+    CPython's reference counts are not stable between versions (its glossary), so the
+    count is measured on the running interpreter. None (keep nothing) on a free-threaded
+    build, or unless a tensor made from the array shows one more.
+    """
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        return None
+    probe = [np.empty(1, dtype=np.float32)]
+    free = _references(probe)[0]
+    held = torch.from_numpy(probe[0])
+    seen = _references(probe)[0]
+    del held
+    return free if seen > free and _references(probe)[0] == free else None
+
+
+_FREE = _free_count()  # an array's references while only the keeper holds it
 
 
 def host_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
@@ -80,12 +107,12 @@ def host_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         raise ValueError(f"`dtype` must be one of {sorted(map(str, _NUMPY_DTYPES))}, got {dtype}")
     size = tuple(int(n) for n in shape)
     kind = np.dtype(_NUMPY_DTYPES[dtype])
-    if int(np.prod(size)) * kind.itemsize < REUSED_FROM:
+    if _FREE is None or int(np.prod(size)) * kind.itemsize < REUSED_FROM:
         return torch.from_numpy(np.empty(size, dtype=kind))
-    with _KEPT_LOCK:
+    with _KEPT_LOCK:  # a free array gains a reference only here
         kept = _KEPT.setdefault((size, kind), [])
-        for array in kept:
-            if sys.getrefcount(array) == _FREE:  # no tensor refers to it any more
+        for array, count in zip(kept, _references(kept)):
+            if count == _FREE:  # no tensor refers to it any more
                 return torch.from_numpy(array)
         array = np.empty(size, dtype=kind)
         held = sum(a.nbytes for arrays in _KEPT.values() for a in arrays)
