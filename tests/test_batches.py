@@ -100,6 +100,10 @@ def test_a_batch_read_at_once_is_the_files_and_serves_as_the_stack(tmp_path: Pat
     assert np.array_equal(batch.numpy(), np.stack(volumes))
     items = [batch[b] for b in range(3)]
     assert stack_images(items).data_ptr() == batch.data_ptr()  # taken as it is, no copy
+    again = stack_images(items)  # taken once: a second stack is a copy
+    assert again.data_ptr() != batch.data_ptr() and torch.equal(again, batch)
+    preloaded = batch.clone()  # views of a tensor read_batch did not make: copied, not aliased
+    assert stack_images(list(preloaded)).data_ptr() != preloaded.data_ptr()
     assert stack_images(items[1:]).data_ptr() != batch.data_ptr()  # not the whole batch
     assert torch.equal(stack_images(items, torch.float32), batch.float())
     # files that cannot make one batch are left to one read each

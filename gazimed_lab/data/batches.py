@@ -42,6 +42,7 @@ import os
 import sys
 import sysconfig
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,6 +62,8 @@ KEPT_PER_SHAPE = 3  #: a batch in the step, the next one prefetched, the one bei
 KEPT_BYTES = 1 << 30  #: all kept buffers together
 _KEPT: dict[tuple[tuple[int, ...], Any], list[np.ndarray]] = {}
 _KEPT_LOCK = threading.Lock()
+#: batches :func:`read_batch` made, not yet taken as a stack (:func:`_one_batch`)
+_READ_AT_ONCE: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
 _HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
             (2, 0): np.lib.format.read_array_header_2_0}
 
@@ -172,6 +175,8 @@ def read_batch(paths: Sequence[str | os.PathLike[str]]) -> torch.Tensor | None:
                 raise ValueError(f"cache entry must hold {target.nbytes} bytes of data for "
                                  f"{shape} {kind}, got {read} ({path}); a truncated file: "
                                  f"rebuild the cache (delete the file)")
+    if batch is not None:
+        _READ_AT_ONCE[id(batch)] = batch
     return batch
 
 
@@ -224,18 +229,21 @@ def stack_images(images: list[torch.Tensor], dtype: torch.dtype | None = None) -
 
 
 def _one_batch(images: list[torch.Tensor]) -> torch.Tensor | None:
-    """Return the batch whose items ``images`` are, in order and whole (:func:`read_batch`)."""
-    first = images[0]
-    storage, size = first.untyped_storage(), first.numel()
-    if first.device.type != "cpu" or storage.nbytes() != len(images) * size * \
-            first.element_size():
+    """Return the batch :func:`read_batch` made whose items ``images`` are, in order and whole.
+
+    Only a batch :func:`read_batch` made, and only once: any other tensor whose views
+    happen to be stacked (a dataset's own preloaded volumes) is copied, never aliased.
+    """
+    base = images[0]._base
+    if base is None or _READ_AT_ONCE.get(id(base)) is not base or len(images) != len(base):
         return None
+    size = base[0].numel()
     for b, image in enumerate(images):
-        if image.untyped_storage().data_ptr() != storage.data_ptr() or \
-                image.storage_offset() != b * size or image.shape != first.shape or \
-                image.dtype != first.dtype or not image.is_contiguous():
+        if image._base is not base or image.storage_offset() != b * size or \
+                image.shape != base.shape[1:] or not image.is_contiguous():
             return None
-    return torch.empty(0, dtype=first.dtype).set_(storage).view(len(images), *first.shape)
+    del _READ_AT_ONCE[id(base)]  # taken as the stack once; a second stack copies
+    return base
 
 
 class BatchCollate:
